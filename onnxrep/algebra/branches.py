@@ -1,0 +1,105 @@
+"""Sums of parallel convs that read one tensor (REPARAM.md transforms 4-5).
+
+Two convs on the same input add into one when stride and groups agree and every kernel tap
+lands on the same input pixel. Per spatial axis a branch with begin pad ``p_b``, end pad
+``p_e``, kernel ``k`` and dilation ``d`` reads, for output ``o``, pixels
+``o*s - p_b + d*t`` for ``t in [0, k)``; its output length depends only on the *slack*
+``e = p_e - (d*(k-1) - p_b)``. So branches merge when their slacks are equal and their begin
+pads differ by multiples of ``d``: the merged conv has ``P = max p_b``, places branch ``i``'s
+kernel at offset ``(P - p_b_i) / d`` and zero-fills the rest (the classic "centre-pad 1x1 into
+3x3", ACNet's 1xK / Kx1 crosses, even kernels and asymmetric pads alike). Different groups
+merge at ``gcd`` of the groups by expanding the block-diagonal weights (``regroup``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import NotRepresentable
+from .forms import ConvForm, f64
+
+
+def regroup(conv: ConvForm, groups: int) -> ConvForm:
+    """The same conv written with fewer groups (``groups`` must divide ``conv.groups``).
+
+    ``W_new[o, i' ]`` is ``W[o, i]`` on the old group's block and zero elsewhere.
+    """
+    g_old = conv.groups
+    if groups == g_old:
+        return conv
+    if groups < 1 or g_old % groups:
+        raise NotRepresentable(f"cannot rewrite groups={g_old} as groups={groups}")
+    out_c, in_c = conv.out_channels, conv.in_channels
+    og_old, ig_old = out_c // g_old, conv.weight.shape[1]
+    og_new, ig_new = out_c // groups, in_c // groups
+    w_old = f64(conv.weight)
+    w = np.zeros((out_c, ig_new) + conv.kernel_shape)
+    per_new = g_old // groups  # old groups inside each new group
+    for j in range(g_old):
+        offset = (j % per_new) * ig_old
+        w[j * og_old:(j + 1) * og_old, offset:offset + ig_old] = w_old[j * og_old:(j + 1) * og_old]
+    assert og_new * groups == out_c
+    return ConvForm(w, f64(conv.bias), conv.strides, conv.pads, conv.dilations, groups)
+
+
+def add(a: ConvForm, b: ConvForm, sign: float = 1.0) -> ConvForm:
+    """``a(x) + sign * b(x)`` as one conv, or ``NotRepresentable`` with the reason."""
+    if a.n_spatial != b.n_spatial:
+        raise NotRepresentable("branches have different spatial ranks")
+    if a.out_channels != b.out_channels or a.in_channels != b.in_channels:
+        raise NotRepresentable(
+            f"branch channels differ: {a.in_channels}->{a.out_channels} vs {b.in_channels}->{b.out_channels}")
+    n = a.n_spatial
+    strides, dilations, begins, ends, kernel, offsets = [], [], [], [], [], []
+    for ax in range(n):
+        ka, kb = a.kernel_shape[ax], b.kernel_shape[ax]
+        sa, sb = a.strides[ax], b.strides[ax]
+        if sa != sb:
+            raise NotRepresentable(f"strides differ on spatial axis {ax}: {sa} vs {sb}")
+        da, db = a.dilations[ax], b.dilations[ax]
+        # a 1-tap kernel has no dilation of its own: it takes the other branch's
+        if ka == 1:
+            da = db
+        if kb == 1:
+            db = da
+        if da != db:
+            raise NotRepresentable(f"dilations differ on spatial axis {ax}: {da} vs {db}")
+        d = da
+        pba, pea = a.pads[ax], a.pads[n + ax]
+        pbb, peb = b.pads[ax], b.pads[n + ax]
+        slack_a = pea - (d * (ka - 1) - pba)
+        slack_b = peb - (d * (kb - 1) - pbb)
+        if slack_a != slack_b:
+            raise NotRepresentable(f"branches are not aligned on spatial axis {ax} (output sizes differ)")
+        begin = max(pba, pbb)
+        if (begin - pba) % d or (begin - pbb) % d:
+            raise NotRepresentable(f"branch taps fall between dilated taps on spatial axis {ax}")
+        oa, ob = (begin - pba) // d, (begin - pbb) // d
+        k = max(oa + ka, ob + kb)
+        strides.append(sa)
+        dilations.append(d)
+        begins.append(begin)
+        ends.append(slack_a + d * (k - 1) - begin)
+        kernel.append(k)
+        offsets.append((oa, ob))
+    groups = math.gcd(a.groups, b.groups)
+    a, b = regroup(a, groups), regroup(b, groups)
+    w = np.zeros((a.out_channels, a.weight.shape[1]) + tuple(kernel))
+    for form, which, sgn in ((a, 0, 1.0), (b, 1, sign)):
+        idx = (slice(None), slice(None)) + tuple(
+            slice(offsets[ax][which], offsets[ax][which] + form.kernel_shape[ax]) for ax in range(n))
+        w[idx] += sgn * f64(form.weight)
+    bias = f64(a.bias) + sign * f64(b.bias)
+    return ConvForm(w, bias, tuple(strides), tuple(begins) + tuple(ends), tuple(dilations), groups)
+
+
+def identity(channels: int, n_spatial: int, groups: int | None = None) -> ConvForm:
+    """The identity as a 1x1 conv: ``W[i, i mod (C/g)] = 1`` (depthwise when ``groups`` is None)."""
+    groups = channels if groups is None else groups
+    if channels % groups:
+        raise NotRepresentable(f"{channels} channels not divisible by groups={groups}")
+    ig = channels // groups
+    w = np.zeros((channels, ig) + (1,) * n_spatial)
+    w[(np.arange(channels), np.arange(channels) % ig) + (0,) * n_spatial] = 1.0
+    return ConvForm.make(w, None, groups=groups)

@@ -1,0 +1,144 @@
+"""Canonical value types of the algebra: a conv and a per-channel affine map.
+
+Everything here is pure numpy; no ONNX import. Arrays may be stored in any float dtype
+(a form built straight from a model keeps the model's array, no copy); every operation
+that combines forms computes in float64.
+
+``ConvForm`` is ``y = conv(x, W, b; strides, pads, dilations, groups)`` with ``W`` of shape
+``(O, I/g, k_1, ..., k_n)`` and ONNX-ordered ``pads = (b_1..b_n, e_1..e_n)``. Pads may be
+negative inside the algebra (a crop of the input); only non-negative pads can be emitted.
+
+``AffineForm`` is ``y = s * x + t`` with ``s``, ``t`` per channel (axis 1) or scalars. ``rank``
+records the tensor rank that a broadcast constant required (``None`` when any rank works).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import NotRepresentable
+
+
+def f64(a) -> np.ndarray:
+    """View ``a`` as float64 (copies only when the dtype differs)."""
+    return np.asarray(a, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ConvForm:
+    weight: np.ndarray
+    bias: np.ndarray
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    groups: int = 1
+
+    def __post_init__(self):
+        n = self.weight.ndim - 2
+        if n < 1:
+            raise NotRepresentable(f"conv weight must have rank >= 3, got {self.weight.shape}")
+        if len(self.strides) != n or len(self.dilations) != n or len(self.pads) != 2 * n:
+            raise NotRepresentable("strides/dilations/pads do not match the kernel rank")
+        if self.bias.shape != (self.weight.shape[0],):
+            raise NotRepresentable(f"bias shape {self.bias.shape} does not match {self.weight.shape[0]} outputs")
+        if self.groups < 1 or self.weight.shape[0] % self.groups:
+            raise NotRepresentable(f"{self.weight.shape[0]} output channels not divisible by groups={self.groups}")
+
+    @property
+    def n_spatial(self) -> int:
+        return self.weight.ndim - 2
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[2:])
+
+    @property
+    def rank(self) -> int:
+        """Rank of the tensors this conv reads and writes."""
+        return self.n_spatial + 2
+
+    @classmethod
+    def make(cls, weight, bias=None, strides=None, pads=None, dilations=None, groups=1) -> "ConvForm":
+        weight = np.asarray(weight)
+        n = weight.ndim - 2
+        if bias is None:
+            bias = np.zeros(weight.shape[0], dtype=np.float64)
+        return cls(
+            weight=weight,
+            bias=np.asarray(bias).reshape(-1),
+            strides=tuple(int(s) for s in (strides or (1,) * n)),
+            pads=tuple(int(p) for p in (pads or (0,) * (2 * n))),
+            dilations=tuple(int(d) for d in (dilations or (1,) * n)),
+            groups=int(groups),
+        )
+
+    def with_params(self, weight, bias) -> "ConvForm":
+        return ConvForm(weight, bias, self.strides, self.pads, self.dilations, self.groups)
+
+
+@dataclass(frozen=True)
+class AffineForm:
+    scale: np.ndarray  # shape () or (C,)
+    shift: np.ndarray  # shape () or (C,)
+    rank: int | None = None
+    min_rank: int = 0
+
+    @classmethod
+    def identity(cls) -> "AffineForm":
+        return cls(np.float64(1.0), np.float64(0.0))
+
+    @property
+    def channels(self) -> int | None:
+        for a in (self.scale, self.shift):
+            if np.ndim(a) == 1:
+                return a.shape[0]
+        return None
+
+    def check_rank(self, rank: int) -> None:
+        """Raise unless the broadcast constants this affine came from fit a tensor of ``rank``."""
+        if self.rank is not None and self.rank != rank:
+            raise NotRepresentable(f"constant broadcasts along an axis other than the channels of a rank-{rank} tensor")
+        if rank < self.min_rank:
+            raise NotRepresentable(f"constant of rank {self.min_rank} would broadcast a rank-{rank} tensor up")
+
+    def vectors(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scale, shift)`` as float64 vectors of length ``channels``."""
+        out = []
+        for a in (self.scale, self.shift):
+            a = f64(a)
+            if a.ndim == 1 and a.shape[0] != channels:
+                raise NotRepresentable(f"per-channel constant of length {a.shape[0]} on {channels} channels")
+            out.append(np.broadcast_to(a, (channels,)))
+        return out[0], out[1]
+
+
+def merge_rank(a: AffineForm, b: AffineForm) -> tuple[int | None, int]:
+    if a.rank is not None and b.rank is not None and a.rank != b.rank:
+        raise NotRepresentable("constants broadcast along different axes")
+    return (a.rank if a.rank is not None else b.rank), max(a.min_rank, b.min_rank)
+
+
+def channel_constant(const: np.ndarray) -> tuple[np.ndarray, int | None, int]:
+    """Read a constant that multiplies/adds a tensor by broadcasting as a per-channel vector.
+
+    Returns ``(vector_or_scalar, required_rank, min_rank)``. A constant of shape ``(C, 1, 1)``
+    broadcasts along axis 1 only for rank-4 tensors, so its required rank is 4. Raises
+    ``NotRepresentable`` when more than one axis is non-trivial.
+    """
+    const = np.asarray(const)
+    big = [i for i, d in enumerate(const.shape) if d != 1]
+    if not big:
+        return f64(const).reshape(()), None, const.ndim
+    if len(big) > 1:
+        raise NotRepresentable(f"constant of shape {const.shape} is not per-channel")
+    pos_from_right = const.ndim - 1 - big[0]
+    return f64(const).reshape(-1), pos_from_right + 2, const.ndim

@@ -1,0 +1,200 @@
+"""The rewrite context: one onnx-graphsurgeon graph plus the bookkeeping every rule needs.
+
+gs keeps, for each tensor, its producers (``tensor.inputs``) and consumers
+(``tensor.outputs``) up to date as nodes are connected and disconnected, so that is the
+consumer index: built once at import and maintained incrementally by ``replace``. Nothing
+here rescans the graph per match.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..algebra import NotRepresentable
+
+
+class RegionNotPrivate(NotRepresentable):
+    """A tensor inside the region is a graph output or is read outside the region."""
+
+
+@dataclass
+class Decline:
+    rule: str
+    node: str
+    reason: str
+
+
+@dataclass
+class RuleStats:
+    rewrites: int = 0
+    nodes_removed: int = 0
+    declines: list[Decline] = field(default_factory=list)
+
+
+class GraphContext:
+    """A gs graph under rewrite.
+
+    ``overridable`` names initializers that are also graph inputs: the user may feed them, so
+    they are never read as constants.
+    """
+
+    def __init__(self, graph: gs.Graph, opset: int, overridable: Iterable[str] = ()):
+        self.graph = graph
+        self.opset = opset
+        self.overridable = frozenset(overridable)
+        self.stats: dict[str, RuleStats] = defaultdict(RuleStats)
+        self._names: set[str] = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
+        self._output_names = {t.name for t in graph.outputs}
+        self._counter = Counter()
+        self.changed = False
+
+    # ----------------------------------------------------------------- queries
+    @staticmethod
+    def is_live(node: gs.Node) -> bool:
+        """A node removed by ``replace`` has no inputs or outputs left."""
+        return bool(node.outputs)
+
+    def nodes(self, *op_types: str) -> list[gs.Node]:
+        """Live nodes, optionally only of the given op types (ai.onnx domain), in graph order."""
+        wanted = set(op_types)
+        return [n for n in self.graph.nodes
+                if n.outputs and (not wanted or (n.op in wanted and n.domain in ("", "ai.onnx", None)))]
+
+    @staticmethod
+    def producer(tensor: gs.Tensor) -> gs.Node | None:
+        return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+    @staticmethod
+    def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+        return list(tensor.outputs)
+
+    def is_graph_output(self, tensor: gs.Tensor) -> bool:
+        return tensor.name in self._output_names
+
+    def is_private(self, tensor: gs.Tensor) -> bool:
+        """True when exactly one node input reads ``tensor`` and it is not a graph output."""
+        if self.is_graph_output(tensor) or len(tensor.outputs) != 1:
+            return False
+        return sum(1 for t in tensor.outputs[0].inputs if t is tensor) == 1
+
+    @staticmethod
+    def is_absent(tensor: gs.Tensor | None) -> bool:
+        """An omitted optional input (empty name)."""
+        return tensor is None or (tensor.name == "" and not isinstance(tensor, gs.Constant))
+
+    def constant(self, tensor: gs.Tensor | None) -> np.ndarray | None:
+        """The value of an initializer or Constant-node output; ``None`` for anything else.
+
+        Initializers exposed as graph inputs are not constants: the caller may override them.
+        """
+        if tensor is None or tensor.name in self.overridable:
+            return None
+        if isinstance(tensor, gs.Constant):
+            return tensor.values
+        node = self.producer(tensor)
+        if node is not None and node.op == "Constant" and node.domain in ("", "ai.onnx", None):
+            a = node.attrs
+            if "value" in a and isinstance(a["value"], gs.Constant):
+                return a["value"].values
+            for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                               ("value_int", np.int64), ("value_ints", np.int64)):
+                if key in a:
+                    return np.asarray(a[key], dtype=dtype)
+        return None
+
+    # --------------------------------------------------------------- mutation
+    def unique_name(self, hint: str) -> str:
+        hint = hint or "onnxrep"
+        name = hint
+        while name in self._names:
+            self._counter[hint] += 1
+            name = f"{hint}_{self._counter[hint]}"
+        self._names.add(name)
+        return name
+
+    def make_constant(self, hint: str, values: np.ndarray) -> gs.Constant:
+        """A new initializer with a fresh name (existing, possibly shared, ones are never edited)."""
+        return gs.Constant(self.unique_name(hint), np.ascontiguousarray(values))
+
+    def check_private(self, region: Iterable[gs.Node], keeps: Iterable[gs.Tensor]) -> None:
+        """Raise ``RegionNotPrivate`` if a tensor made inside ``region`` escapes it.
+
+        A tensor escapes when it is a graph output or is read by a node outside the region;
+        such a tensor must be one of ``keeps`` (produced again by the replacement).
+        """
+        region = list(region)
+        ids = {id(n) for n in region}
+        kept = {id(t) for t in keeps}
+        for node in region:
+            for t in node.outputs:
+                if id(t) in kept:
+                    continue
+                if self.is_graph_output(t):
+                    raise RegionNotPrivate(f"tensor '{t.name}' inside the region is a graph output")
+                for c in t.outputs:
+                    if id(c) not in ids:
+                        raise RegionNotPrivate(f"tensor '{t.name}' inside the region is also read by '{c.name}'")
+
+    def replace(self, rule: str, region: list[gs.Node], new_nodes: list["PendingNode"]) -> list[gs.Node]:
+        """Replace ``region`` by ``new_nodes`` (built with a ``Builder``), atomically.
+
+        Every tensor the region produced that is still needed must be an output of a new node.
+        """
+        outputs = [t for p in new_nodes for t in p.outputs]
+        self.check_private(region, outputs)
+        for node in region:
+            node.inputs.clear()
+            node.outputs.clear()
+        made = []
+        for p in new_nodes:
+            node = gs.Node(p.op, name=self.unique_name(p.name), attrs=p.attrs, inputs=p.inputs, outputs=p.outputs)
+            if p.domain:
+                node.domain = p.domain
+            self.graph.nodes.append(node)
+            made.append(node)
+        st = self.stats[rule]
+        st.rewrites += 1
+        st.nodes_removed += len(region) - len(made)
+        self.changed = True
+        return made
+
+    def decline(self, rule: str, node: gs.Node | str, reason: str) -> None:
+        name = node if isinstance(node, str) else (node.name or node.op)
+        self.stats[rule].declines.append(Decline(rule, name, str(reason)))
+
+
+@dataclass
+class PendingNode:
+    """A node a rewrite wants to create; connected only when the rewrite is committed."""
+    op: str
+    inputs: list
+    outputs: list
+    attrs: dict
+    name: str
+    domain: str = ""
+
+
+class Builder:
+    """What a rule's ``rewrite`` uses to describe its replacement nodes and constants."""
+
+    def __init__(self, ctx: GraphContext, hint: str):
+        self.ctx = ctx
+        self.hint = hint
+        self.nodes: list[PendingNode] = []
+
+    def const(self, suffix: str, values: np.ndarray) -> gs.Constant:
+        return self.ctx.make_constant(f"{self.hint}_{suffix}", values)
+
+    def tensor(self, suffix: str, dtype=None, shape=None) -> gs.Variable:
+        return gs.Variable(self.ctx.unique_name(f"{self.hint}_{suffix}"), dtype=dtype, shape=shape)
+
+    def op(self, op_type: str, inputs: list, outputs: list | None = None, attrs: dict | None = None,
+           name: str | None = None, domain: str = "") -> list:
+        """Add a node; returns its output tensors (fresh ones unless ``outputs`` is given)."""
+        outputs = list(outputs) if outputs is not None else [self.tensor(op_type.lower())]
+        self.nodes.append(PendingNode(op_type, list(inputs), outputs, dict(attrs or {}), name or self.hint, domain))
+        return outputs

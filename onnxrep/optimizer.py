@@ -1,0 +1,159 @@
+"""The driver: run the rule set over a graph to a fixed point, bounded number of sweeps."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from .graph import Decline, GraphContext
+from .pattern import Rule
+from .stats import GraphStats, graph_stats
+
+
+@dataclass
+class RuleReport:
+    name: str
+    rewrites: int = 0
+    nodes_removed: int = 0
+    declines: list[Decline] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    before: GraphStats
+    after: GraphStats
+    rules: list[RuleReport]
+    sweeps: int
+    seconds: float
+    opset: int
+    verification: object | None = None  # a verify.VerifyResult once checked
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rewrites(self) -> int:
+        return sum(r.rewrites for r in self.rules)
+
+    def declines(self) -> list[Decline]:
+        return [d for r in self.rules for d in r.declines]
+
+    def to_dict(self) -> dict:
+        return {
+            "opset": self.opset,
+            "sweeps": self.sweeps,
+            "seconds": round(self.seconds, 4),
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "rules": [{"name": r.name, "rewrites": r.rewrites, "nodes_removed": r.nodes_removed,
+                       "declined": [{"node": d.node, "reason": d.reason} for d in r.declines]} for r in self.rules],
+            "verification": self.verification.to_dict() if self.verification is not None else None,
+            "notes": list(self.notes),
+        }
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def overridable_initializers(model: onnx.ModelProto) -> set[str]:
+    """Initializers also listed as graph inputs: the caller may feed them, so never fold them."""
+    inits = {t.name for t in model.graph.initializer}
+    return {i.name for i in model.graph.input if i.name in inits}
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=False)
+    except Exception:  # shape inference is a help for rules, never a requirement
+        return model
+
+
+def resolve_rules(rules: Iterable[Rule] | None, include_defaults: bool) -> list[Rule]:
+    from .rules import default_rules
+    chosen = list(default_rules()) if include_defaults else []
+    for r in rules or ():
+        chosen.append(r() if isinstance(r, type) else r)
+    return sorted(chosen, key=lambda r: r.priority)
+
+
+def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, include_defaults: bool = True,
+             max_sweeps: int = 8, progress: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, Report]:
+    """Rewrite ``model`` with the built-in rules plus ``rules``; return the new model and a report.
+
+    ``model`` itself is not modified. Rules run in priority order, sweep after sweep, until a
+    sweep changes nothing (at most ``max_sweeps``). Verification is separate: see
+    ``onnxrep.verify.verify`` or ``onnxrep.optimize_file``.
+    """
+    start = time.perf_counter()
+    rule_list = resolve_rules(rules, include_defaults)
+    opset = default_opset(model)
+    before = graph_stats(model)
+    notes = []
+    if opset < 11:
+        notes.append(f"opset {opset} is older than 11: no rule ran")
+    overridable = overridable_initializers(model)
+    graph = gs.import_onnx(_infer_shapes(model) if model.ByteSize() < 1_900_000_000 else model)
+    totals = {r.name or type(r).__name__: RuleReport(r.name or type(r).__name__) for r in rule_list}
+    sweeps = 0
+    last_declines: dict[str, list[Decline]] = {}
+    for sweep in range(max_sweeps if opset >= 11 else 0):
+        sweeps += 1
+        graph.toposort()
+        ctx = GraphContext(graph, opset, overridable)
+        for rule in rule_list:
+            if rule.applies_to(opset):
+                if progress:
+                    progress(f"sweep {sweep + 1}: {rule.name or type(rule).__name__}")
+                rule.run(ctx)
+        for name, st in ctx.stats.items():
+            rep = totals.setdefault(name, RuleReport(name))
+            rep.rewrites += st.rewrites
+            rep.nodes_removed += st.nodes_removed
+        last_declines = {name: st.declines for name, st in ctx.stats.items()}
+        graph.cleanup(remove_unused_graph_inputs=False)
+        if not ctx.changed:
+            break
+    for name, declines in last_declines.items():
+        totals[name].declines = declines
+    graph.toposort()
+    out = export(graph, model, overridable)
+    report = Report(before, graph_stats(out), list(totals.values()), sweeps, time.perf_counter() - start, opset,
+                    notes=notes)
+    return out, report
+
+
+def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str]) -> onnx.ModelProto:
+    """Export ``graph`` keeping the original model's header, metadata and overridable inputs."""
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = original.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(original.opset_import)
+    for attr in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, attr, getattr(original, attr))
+    del out.metadata_props[:]
+    out.metadata_props.extend(original.metadata_props)
+    if len(original.functions) and not len(out.functions):
+        out.functions.extend(original.functions)
+    # gs turns initializers that are graph inputs into plain constants: list them again, in order.
+    present = {t.name for t in out.graph.initializer}
+    exported = {i.name: i for i in out.graph.input}
+    inputs = []
+    for i in original.graph.input:
+        if i.name in exported:
+            inputs.append(exported.pop(i.name))
+        elif i.name in overridable and i.name in present:
+            inputs.append(i)
+    inputs.extend(exported.values())
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
+    # shapes inferred for the rules' benefit are not ours to add to the output
+    known = {v.name for v in original.graph.value_info}
+    kept = [v for v in out.graph.value_info if v.name in known]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
+    return out

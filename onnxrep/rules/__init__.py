@@ -1,0 +1,13 @@
+"""Built-in rules, one per file, all written with the public API in ``onnxrep.pattern``."""
+from .collapse_linear import CollapseLinearRegions
+from .fold_bn_into_convtranspose import FoldBatchNormIntoConvTranspose
+from .fold_bn_into_gemm import FoldBatchNormIntoGemm
+
+
+def default_rules():
+    """Fresh instances of every built-in rule, in priority order."""
+    return sorted([CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormIntoConvTranspose()],
+                  key=lambda r: r.priority)
+
+
+__all__ = ["CollapseLinearRegions", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "default_rules"]

@@ -1,0 +1,207 @@
+"""Collapse each linear region of the graph into one Conv.
+
+Between two non-linear ops, every tensor ``t`` is an affine map of one *root* tensor ``r``:
+``t = F(r)`` with ``F`` a ``ConvForm`` (``conv(r, W, b)``) or an ``AffineForm`` (``s r + t``, the
+identity being ``s = 1, t = 0``). One forward pass in topological order computes ``F`` for every
+tensor from its producer:
+
+* ``Conv(u)``                      ``F = conv ∘ F_u``   (``F_u`` affine: exact when no zero padding or no shift)
+* ``BN(u)``, ``u * c``, ``u + c``, ``u - c``, ``c - u``, ``u / c``, ``-u``   ``F = affine ∘ F_u``
+* ``u + v``, ``u - v``            ``F = F_u ± F_v`` when both read the same root (parallel branches:
+                                  kernels aligned and zero-filled to one, identity as a 1x1 kernel)
+* ``Identity(u)``, inference ``Dropout(u)``   ``F = F_u``
+
+``u`` is expanded only when it is *private* (read once, not a graph output); otherwise it is a
+root itself, which is why every tensor shared by branches (RepVGG's ``x``) is exactly the root
+of each branch. A region is replaced when it is maximal (no consumer absorbed it), its form is
+a conv and it has at least two nodes. A combination that is not exact is declined with the
+algebra's reason (``--explain``) and the parts on either side are still collapsed on their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..algebra import (AffineForm, ConvForm, NotRepresentable, add, affine_as_conv, affine_sum,
+                       affine_then_affine, affine_then_conv, conv_then_affine)
+from ..graph import Builder, GraphContext
+from ..pattern import Rule
+from .linear_ops import bn_form, constant_affine, conv_form
+
+
+@dataclass(eq=False)
+class Expr:
+    """``sink = form(root)``, computed by ``nodes`` (empty for a plain tensor)."""
+    root: gs.Tensor
+    form: ConvForm | AffineForm
+    sink: gs.Tensor
+    nodes: list = field(default_factory=list)
+    children: list = field(default_factory=list)
+    convs: int = 0
+    dtype: np.dtype | None = None
+    absorbed: bool = False
+
+    @classmethod
+    def leaf(cls, tensor: gs.Tensor) -> "Expr":
+        return cls(tensor, AffineForm.identity(), tensor)
+
+    @property
+    def trivial(self) -> bool:
+        return not self.nodes
+
+
+def sum_forms(a, b, sign: float):
+    """``a + sign * b`` for any two forms on the same root."""
+    if isinstance(a, AffineForm) and isinstance(b, AffineForm):
+        return affine_sum(a, b, sign)
+    if isinstance(a, AffineForm):
+        a = affine_as_conv(a, b.in_channels, b.n_spatial)
+    if isinstance(b, AffineForm):
+        b = affine_as_conv(b, a.in_channels, a.n_spatial)
+    return add(a, b, sign)
+
+
+def then(first, second):
+    """``second ∘ first``."""
+    if isinstance(first, AffineForm):
+        return affine_then_affine(first, second) if isinstance(second, AffineForm) else affine_then_conv(first, second)
+    if isinstance(second, AffineForm):
+        return conv_then_affine(first, second)
+    raise NotRepresentable("sequential convs (conv after conv) are not merged")
+
+
+class CollapseLinearRegions(Rule):
+    name = "collapse-linear-regions"
+    priority = 10
+
+    def run(self, ctx: GraphContext) -> None:
+        walk = _Walk(ctx, self.name)
+        for node in list(ctx.graph.nodes):
+            if ctx.is_live(node):
+                walk.visit(node)
+        for expr in reversed(walk.exprs):
+            if not expr.absorbed:
+                walk.emit(expr)
+
+
+class _Walk:
+    PASS_THROUGH = ("Identity", "Dropout")
+
+    def __init__(self, ctx: GraphContext, rule: str):
+        self.ctx = ctx
+        self.rule = rule
+        self.memo: dict[str, Expr] = {}
+        self.exprs: list[Expr] = []
+
+    # ------------------------------------------------------------ analysis
+    def operand(self, t: gs.Tensor) -> Expr:
+        e = self.memo.get(t.name)
+        if e is not None and self.ctx.is_private(t):
+            return e
+        return Expr.leaf(t)
+
+    def visit(self, node: gs.Node) -> None:
+        if node.domain not in ("", "ai.onnx", None) or len(node.outputs) != 1:
+            return
+        try:
+            expr = self.expression(node)
+        except NotRepresentable as exc:
+            self.ctx.decline(self.rule, node, str(exc))
+            return
+        if expr is None:
+            return
+        for child in expr.children:
+            child.absorbed = True
+        self.memo[expr.sink.name] = expr
+        self.exprs.append(expr)
+
+    def expression(self, node: gs.Node) -> Expr | None:
+        op = node.op
+        if op == "Conv":
+            return self.conv(node)
+        if op == "BatchNormalization":
+            return self.affine(node, node.inputs[0], bn_form(self.ctx, node))
+        if op in self.PASS_THROUGH:
+            return self.pass_through(node)
+        if op in ("Mul", "Add", "Sub", "Div", "Neg"):
+            found = constant_affine(self.ctx, node)
+            if found is not None:
+                return self.affine(node, *found)
+            if op in ("Add", "Sub") and len(node.inputs) == 2:
+                return self.branch_sum(node, -1.0 if op == "Sub" else 1.0)
+        return None
+
+    def extend(self, node, inner: Expr, form, convs: int, dtype) -> Expr:
+        return Expr(inner.root, form, node.outputs[0], inner.nodes + [node], [inner], inner.convs + convs,
+                    inner.dtype if inner.dtype is not None else dtype)
+
+    def conv(self, node: gs.Node) -> Expr:
+        cf = conv_form(self.ctx, node)
+        x = node.inputs[0]
+        inner = self.operand(x)
+        if not inner.trivial:
+            try:
+                return self.extend(node, inner, then(inner.form, cf), 1, cf.weight.dtype)
+            except NotRepresentable as exc:
+                self.ctx.decline(self.rule, node, f"not merged with its input region: {exc}")
+        return Expr(x, cf, node.outputs[0], [node], [], 1, cf.weight.dtype)
+
+    def affine(self, node: gs.Node, x: gs.Tensor, aff: AffineForm) -> Expr:
+        inner = self.operand(x)
+        if not inner.trivial:
+            try:
+                return self.extend(node, inner, then(inner.form, aff), 0, None)
+            except NotRepresentable as exc:
+                self.ctx.decline(self.rule, node, f"not merged with its input region: {exc}")
+        return Expr(x, aff, node.outputs[0], [node])
+
+    def pass_through(self, node: gs.Node) -> Expr | None:
+        if node.op == "Dropout" and len(node.inputs) > 2 and not self.ctx.is_absent(node.inputs[2]):
+            mode = self.ctx.constant(node.inputs[2])
+            if mode is None or bool(np.any(mode)):
+                return None
+        inner = self.operand(node.inputs[0])
+        if inner.trivial:
+            return Expr(inner.root, inner.form, node.outputs[0], [node])
+        return self.extend(node, inner, inner.form, 0, None)
+
+    def branch_sum(self, node: gs.Node, sign: float) -> Expr | None:
+        a, b = (self.operand(t) for t in node.inputs)
+        if a.root.name != b.root.name:
+            if a.convs or b.convs:
+                self.ctx.decline(self.rule, node,
+                                 f"branches read different tensors ('{a.root.name}', '{b.root.name}')")
+            return None
+        form = sum_forms(a.form, b.form, sign)
+        return Expr(a.root, form, node.outputs[0], a.nodes + b.nodes + [node],
+                    [e for e in (a, b) if not e.trivial], a.convs + b.convs,
+                    a.dtype if a.dtype is not None else b.dtype)
+
+    # ------------------------------------------------------------- rewrite
+    def emit(self, expr: Expr) -> None:
+        if not isinstance(expr.form, ConvForm) or len(expr.nodes) < 2:
+            return
+        try:
+            self.replace(expr)
+        except NotRepresentable as exc:
+            self.ctx.decline(self.rule, expr.nodes[-1], str(exc))
+            for child in expr.children:
+                self.emit(child)
+
+    def replace(self, expr: Expr) -> None:
+        f = expr.form
+        if any(p < 0 for p in f.pads):
+            raise NotRepresentable("the merged conv would need negative padding")
+        dtype = np.dtype(expr.dtype or np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w, b = f.weight.astype(dtype), f.bias.astype(dtype)
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+            raise NotRepresentable(f"merged weights overflow {dtype.name}")
+        builder = Builder(self.ctx, expr.nodes[-1].name or "conv")
+        attrs = {"kernel_shape": list(f.kernel_shape), "strides": list(f.strides), "pads": list(f.pads),
+                 "dilations": list(f.dilations), "group": f.groups}
+        builder.op("Conv", [expr.root, builder.const("weight", w), builder.const("bias", b)],
+                   outputs=[expr.sink], attrs=attrs)
+        self.ctx.replace(self.rule, expr.nodes, builder.nodes)

@@ -1,0 +1,33 @@
+"""BatchNormalization after a ConvTranspose folded into it, any groups.
+
+ConvTranspose weights are laid out ``(I, O/g, k...)``: ``W[i, j]`` feeds output channel
+``(i // (I/g)) * (O/g) + j``. So ``BN(convT(x, W, b)) = convT(x, W', s b + t)`` with
+``W'[i, j] = s[(i // (I/g)) * (O/g) + j] W[i, j]``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..algebra import NotRepresentable, convtranspose_then_affine
+from ..pattern import PatternRule, const, op, var
+from .linear_ops import bn_form
+
+
+class FoldBatchNormIntoConvTranspose(PatternRule):
+    name = "fold-bn-into-convtranspose"
+    priority = 20
+    pattern = op("BatchNormalization",
+                 op("ConvTranspose", var("x"), const("w"), const("b", optional=True), name="convt"),
+                 const("scale"), const("bias"), const("mean"), const("var"), name="bn")
+
+    def rewrite(self, m, b):
+        convt = m.node("convt")
+        aff = bn_form(m.ctx, m.node("bn"))
+        groups = int(convt.attrs.get("group", 1))
+        w, bias = convtranspose_then_affine(m["w"], m["b"], groups, aff)
+        dtype = m["w"].dtype
+        w, bias = w.astype(dtype), bias.astype(dtype)
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(bias))):
+            raise NotRepresentable(f"folded weights overflow {dtype}")
+        b.op("ConvTranspose", [m["x"], b.const("weight", w), b.const("bias", bias)], outputs=[m.output],
+             attrs=dict(convt.attrs))

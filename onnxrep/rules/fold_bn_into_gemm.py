@@ -1,0 +1,46 @@
+"""BatchNormalization after a Gemm, or after a MatMul with a constant 2-D weight, folded into a Gemm.
+
+``BN(alpha A op(B) + beta C) = alpha A op(B') + C'`` with ``op(B')[:, n] = s[n] op(B)[:, n]`` and
+``C' = s beta C + t`` (``s = gamma / sqrt(var + eps)``, ``t = beta_bn - mean s``). A MatMul is the
+Gemm with ``alpha = 1`` and no ``C``; BN normalizes axis 1, so the MatMul output must be 2-D.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..algebra import NotRepresentable, gemm_then_affine
+from ..pattern import PatternRule, const, op, var
+from .linear_ops import bn_form
+
+
+class FoldBatchNormIntoGemm(PatternRule):
+    name = "fold-bn-into-gemm"
+    priority = 20
+    pattern = op("BatchNormalization",
+                 op(("Gemm", "MatMul"), var("a"), const("b"), const("c", optional=True), name="fc"),
+                 const("scale"), const("bias"), const("mean"), const("var"), name="bn")
+
+    def check(self, m):
+        fc = m.node("fc")
+        if m["b"].ndim != 2:
+            return f"{fc.op} weight is not 2-D"
+        if fc.op == "MatMul":
+            shape = m["a"].shape
+            if shape is None or len(shape) != 2:
+                return "MatMul input is not known to be 2-D (BN would normalize another axis)"
+        return None
+
+    def rewrite(self, m, b):
+        fc = m.node("fc")
+        aff = bn_form(m.ctx, m.node("bn"))
+        attrs = dict(fc.attrs) if fc.op == "Gemm" else {}
+        alpha = float(attrs.get("alpha", 1.0))
+        beta = float(attrs.get("beta", 1.0))
+        trans_b = bool(attrs.get("transB", 0))
+        new_b, new_c = gemm_then_affine(m["b"], m["c"], alpha, beta, trans_b, aff)
+        dtype = m["b"].dtype
+        cast_b, cast_c = new_b.astype(dtype), new_c.astype(dtype)
+        if not (np.all(np.isfinite(cast_b)) and np.all(np.isfinite(cast_c))):
+            raise NotRepresentable(f"folded weights overflow {dtype}")
+        attrs.update(alpha=alpha, beta=1.0)
+        b.op("Gemm", [m["a"], b.const("weight", cast_b), b.const("bias", cast_c)], outputs=[m.output], attrs=attrs)
