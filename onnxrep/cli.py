@@ -1,0 +1,218 @@
+"""Command line: ``onnxrep optimize IN OUT`` and friends.
+
+Exit codes (also in the README):
+  0 success; 1 internal error (a bug: rerun with --debug for the traceback);
+  2 bad command line; 3 the input model cannot be used; 4 the output cannot be written;
+  5 verification failed (nothing written); 6 a --rules-from file cannot be used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_VERIFY, EXIT_RULES = 0, 1, 2, 3, 4, 5, 6
+
+EPILOG = """exit codes:
+  0  success
+  1  internal error (please report; --debug shows the traceback)
+  2  bad command line
+  3  the input model cannot be used (missing, empty, not ONNX, invalid, missing external data)
+  4  the output cannot be written (same as input, folder missing or read-only, disk full)
+  5  verification failed: the optimized model differs beyond tolerance; nothing was written
+  6  a --rules-from file cannot be imported or defines no rule
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onnxrep",
+        description="Structural re-parameterization of ONNX models: merge the parallel and stacked linear "
+                    "branches of training-form networks (RepVGG, ACNet, ...) into single convs, and prove the "
+                    "result with onnxruntime.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"onnxrep {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp, verify_opts=True):
+        sp.add_argument("--rules-from", metavar="FILE.py", action="append", default=[],
+                        help="import extra rules from a Python file (its RULES list, or every Rule subclass in it); "
+                             "repeatable")
+        sp.add_argument("--no-default-rules", action="store_true", help="run only the --rules-from rules")
+        sp.add_argument("--max-sweeps", type=int, default=8, metavar="N", help="rule sweeps at most (default 8)")
+        sp.add_argument("--explain", action="store_true", help="list declined candidates with their reasons")
+        sp.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE ('-' for stdout)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+        sp.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+        if verify_opts:
+            add_verify_opts(sp)
+
+    def add_verify_opts(sp):
+        sp.add_argument("--input-shape", metavar="NAME:D0,D1,...", action="append", default=[],
+                        help="shape for an input's dynamic dims when verifying (repeatable); without it dynamic "
+                             "dims are 1 for axis 0 and 32 otherwise")
+        sp.add_argument("--rtol", type=float, default=1e-4,
+                        help="pass if max abs error <= rtol*max|reference| + atol (default 1e-4)")
+        sp.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs (default 0)")
+
+    o = sub.add_parser("optimize", help="rewrite IN into OUT, verify, then write OUT",
+                       description="Rewrite IN with the rule set, verify the result against IN with onnxruntime, "
+                                   "and write OUT atomically only if it verifies.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    o.add_argument("input", metavar="IN", help="training-form ONNX model")
+    o.add_argument("output", metavar="OUT", help="where to write the deploy-form model")
+    o.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    common(o)
+
+    i = sub.add_parser("inspect", help="report what optimize would rewrite, without writing anything",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument("input", metavar="IN")
+    i.add_argument("--verify", action="store_true", help="also run the onnxruntime comparison")
+    common(i)
+
+    c = sub.add_parser("compare", help="run two models on the same random inputs and print their differences",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("reference", metavar="A")
+    c.add_argument("candidate", metavar="B")
+    c.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE ('-' for stdout)")
+    c.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    add_verify_opts(c)
+
+    sub.add_parser("rules", help="list the built-in rules")
+    return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("onnxrep")
+    except Exception:
+        return "dev"
+
+
+class _Progress:
+    """A one-line progress display on stderr, only when it is a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r\033[K[{time.perf_counter() - self.start:6.1f}s] {message}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _write_json(target: str, payload: dict) -> None:
+    text = json.dumps(payload, indent=2)
+    if target == "-":
+        print(text)
+    else:
+        from .graph.io import OutputError
+        try:
+            with open(target, "w") as f:
+                f.write(text + "\n")
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write JSON report ({exc.strerror})") from None
+
+
+def _error(message: str, code: int) -> int:
+    print(f"onnxrep: error: {message}", file=sys.stderr)
+    return code
+
+
+def _run(args) -> int:
+    from .graph.io import InputError, OutputError
+    from .pipeline import RulesFileError, VerificationFailed, load_rules_from, optimize_file
+    from .summary import format_report
+    from .verify import VerifyError, format_result, parse_input_shapes, verify
+
+    if args.command == "rules":
+        from .rules import default_rules
+        for r in default_rules():
+            doc = (type(r).__doc__ or type(r).__module__ and sys.modules[type(r).__module__].__doc__ or "")
+            print(f"{r.name:32s} {doc.strip().splitlines()[0] if doc.strip() else ''}")
+        return EXIT_OK
+
+    try:
+        shapes = parse_input_shapes(args.input_shape)
+    except ValueError as exc:
+        return _error(str(exc), EXIT_USAGE)
+
+    if args.command == "compare":
+        try:
+            result = verify(args.reference, args.candidate, input_shapes=shapes, seed=args.seed,
+                            rtol=args.rtol, atol=args.atol)
+        except (VerifyError, ValueError) as exc:
+            return _error(str(exc).splitlines()[0], EXIT_INPUT)
+        print(format_result(result))
+        if args.json:
+            _write_json(args.json, result.to_dict())
+        return EXIT_OK if result.passed else EXIT_VERIFY
+
+    rules = []
+    try:
+        for path in args.rules_from:
+            rules += load_rules_from(path)
+    except RulesFileError as exc:
+        return _error(str(exc), EXIT_RULES)
+    if args.no_default_rules and not rules:
+        return _error("--no-default-rules needs at least one --rules-from file", EXIT_USAGE)
+
+    dest = args.output if args.command == "optimize" else None
+    check = (not args.no_verify) if args.command == "optimize" else args.verify
+    progress = _Progress(not args.quiet)
+    failure = None
+    try:
+        report = optimize_file(args.input, dest, rules=rules, include_defaults=not args.no_default_rules,
+                               check_result=check, input_shapes=shapes, seed=args.seed, rtol=args.rtol,
+                               atol=args.atol, max_sweeps=args.max_sweeps, progress=progress)
+    except VerificationFailed as exc:
+        report, failure = exc.report, str(exc)
+    finally:
+        progress.done()
+    if not args.quiet:
+        print(format_report(report, args.input, dest, explain=args.explain))
+    if args.json:
+        payload = report.to_dict()
+        payload.update(input=args.input, output=dest, written=failure is None and dest is not None)
+        _write_json(args.json, payload)
+    if failure:
+        return _error(failure, EXIT_VERIFY)
+    if dest and not args.quiet:
+        print(f"\nwrote {dest}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from .graph.io import InputError, OutputError
+    try:
+        return _run(args)
+    except InputError as exc:
+        return _error(str(exc), EXIT_INPUT)
+    except OutputError as exc:
+        return _error(str(exc), EXIT_OUTPUT)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    except Exception as exc:  # a bug: one line unless --debug
+        if getattr(args, "debug", False):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        return _error(f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)",
+                      EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

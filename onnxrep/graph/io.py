@@ -1,0 +1,133 @@
+"""Loading and saving models: one-line errors, external data, atomic writes.
+
+Saving never leaves a partial file behind: the model (and its external data file, when the
+model is over the 2 GB protobuf limit or came with external data) is written into a hidden
+temporary folder next to the destination, and renamed into place only by ``commit()``, after
+verification.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx.external_data_helper import uses_external_data
+
+PROTOBUF_LIMIT = 2_000_000_000 - 64 * 1024 * 1024
+
+
+class InputError(Exception):
+    """The input model cannot be used (missing, not ONNX, invalid, missing external data)."""
+
+
+class OutputError(Exception):
+    """The output cannot be written (same path as the input, folder missing or read-only, disk full)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(uses_external_data(t) for t in model.graph.initializer)
+
+
+def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
+    """Load ``path`` with its external data; raise ``InputError`` with a one-line reason."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, not an ONNX file")
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror})") from None
+    if size == 0:
+        raise InputError(f"{p}: empty file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise InputError(f"{p}: not an ONNX model ({_first_line(exc)})") from None
+    if not model.HasField("graph") or not len(model.opset_import) or model.ir_version <= 0:
+        raise InputError(f"{p}: not an ONNX model (no graph, opset or IR version)")
+    if has_external_data(model):
+        for t in model.graph.initializer:
+            if uses_external_data(t):
+                loc = next((e.value for e in t.external_data if e.key == "location"), None)
+                if loc is None or not (p.parent / loc).is_file():
+                    raise InputError(f"{p}: external data file '{loc}' of tensor '{t.name}' is missing")
+        try:
+            onnx.load_external_data_for_model(model, str(p.parent))
+        except Exception as exc:
+            raise InputError(f"{p}: cannot load external data ({_first_line(exc)})") from None
+    if check:
+        try:
+            onnx.checker.check_model(str(p))
+        except Exception as exc:
+            raise InputError(f"{p}: invalid ONNX model: {_first_line(exc)}") from None
+    return model
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
+
+
+class PendingOutput:
+    """A model written to a temporary folder beside ``dest``; ``commit`` renames it into place."""
+
+    def __init__(self, model: onnx.ModelProto, dest: str | os.PathLike, external_data: bool | None = None):
+        self.dest = Path(dest)
+        folder = self.dest.parent if str(self.dest.parent) else Path(".")
+        if not folder.is_dir():
+            raise OutputError(f"{self.dest}: folder '{folder}' does not exist")
+        if self.dest.is_dir():
+            raise OutputError(f"{self.dest}: is a directory")
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=".onnxrep-", dir=folder))
+        except OSError as exc:
+            raise OutputError(f"{self.dest}: cannot write to '{folder}' ({exc.strerror})") from None
+        if external_data is None:
+            external_data = has_external_data(model) or model.ByteSize() > PROTOBUF_LIMIT
+        self.data_name = self.dest.name + ".data" if external_data else None
+        self.path = self.tmp / self.dest.name
+        try:
+            if self.data_name:
+                onnx.save_model(model, str(self.path), save_as_external_data=True, all_tensors_to_one_file=True,
+                                location=self.data_name, size_threshold=1024)
+            else:
+                with open(self.path, "wb") as f:
+                    f.write(model.SerializeToString())
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"{self.dest}: cannot write ({exc.strerror or _first_line(exc)})") from None
+        except Exception as exc:
+            self.discard()
+            raise OutputError(f"{self.dest}: cannot write ({_first_line(exc)})") from None
+
+    def commit(self) -> Path:
+        try:
+            if self.data_name:
+                os.replace(self.tmp / self.data_name, self.dest.parent / self.data_name)
+            os.replace(self.path, self.dest)
+        except OSError as exc:
+            raise OutputError(f"{self.dest}: cannot write ({exc.strerror})") from None
+        finally:
+            self.discard()
+        return self.dest
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def save_model(model: onnx.ModelProto, dest: str | os.PathLike, external_data: bool | None = None) -> Path:
+    """Write ``model`` to ``dest`` atomically."""
+    return PendingOutput(model, dest, external_data).commit()
