@@ -13,7 +13,7 @@ from .graph import Builder
 from .optimizer import Report, optimize
 from .pattern import Match, PatternRule, Rule, const, op, var
 from .pipeline import VerificationFailed, load_rules_from, optimize_file
-from .verify import VerifyResult, verify
+from .verification import VerifyResult, verify
 
 __all__ = ["Builder", "Match", "NotRepresentable", "PatternRule", "Report", "Rule", "VerificationFailed",
            "VerifyResult", "const", "load_rules_from", "op", "optimize", "optimize_file", "var", "verify"]

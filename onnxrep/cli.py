@@ -132,7 +132,7 @@ def _run(args) -> int:
     from .graph.io import InputError, OutputError
     from .pipeline import RulesFileError, VerificationFailed, load_rules_from, optimize_file
     from .summary import format_report
-    from .verify import VerifyError, format_result, parse_input_shapes, verify
+    from .verification import VerifyError, format_result, parse_input_shapes, verify
 
     if args.command == "rules":
         from .rules import default_rules

@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 from .graph.io import InputError, OutputError, PendingOutput, load_model, same_file
 from .optimizer import Report, optimize
 from .pattern import PatternRule, Rule
-from .verify import VerifyError, verify
+from .verification import VerifyError, verify
 
 
 class VerificationFailed(Exception):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .optimizer import Report
-from .verify import format_result
+from .verification import format_result
 
 
 def _table(rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:

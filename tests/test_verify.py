@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
-import onnxrep.verify as V
-from onnxrep.verify import (
+import onnxrep.verification as V
+from onnxrep.verification import (
     OutputDiff,
     VerifyError,
     VerifyResult,
