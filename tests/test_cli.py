@@ -1,0 +1,256 @@
+"""The command line: reports, JSON, exit codes, hostile inputs, atomic output."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxrep import cli
+from onnxrep.stats import graph_stats
+
+C = 8
+
+
+def _repvgg_block(path: Path, opset: int = 17) -> Path:
+    """Conv3x3 + Conv1x1 + BN(x) summed, then Relu: the legacy exporter's RepVGG block."""
+    rng = np.random.default_rng(0)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
+    inits = [f("w3", rng.normal(size=(C, C, 3, 3))), f("b3", rng.normal(size=C)),
+             f("w1", rng.normal(size=(C, C, 1, 1))), f("b1", rng.normal(size=C)),
+             f("g", rng.uniform(0.5, 1.5, C)), f("be", rng.normal(size=C)), f("m", rng.normal(size=C)),
+             f("v", rng.uniform(0.5, 2.0, C))]
+    nodes = [helper.make_node("Conv", ["x", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1], name="conv3"),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+             helper.make_node("Add", ["c3", "c1"], ["s1"], name="add1"),
+             helper.make_node("BatchNormalization", ["x", "g", "be", "m", "v"], ["bn"], name="bn_id"),
+             helper.make_node("Add", ["s1", "bn"], ["s2"], name="add2"),
+             helper.make_node("Relu", ["s2"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", C, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def block(tmp_path):
+    return _repvgg_block(tmp_path / "block.onnx")
+
+
+def _run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_optimize_writes_verified_model_and_reports(block, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    report = tmp_path / "report.json"
+    code, stdout, err = _run(["optimize", block, out, "--json", report], capsys)
+    assert code == 0, err
+    model = onnx.load(out)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Relu"]
+    data = json.loads(report.read_text())
+    assert data["before"]["nodes"] == 6 and data["after"]["nodes"] == 2
+    assert data["before"]["convs"] == 2 and data["after"]["convs"] == 1
+    assert data["written"] is True
+    rule = next(r for r in data["rules"] if r["name"] == "collapse-linear-regions")
+    assert rule["rewrites"] == 1 and rule["nodes_removed"] == 4
+    v = data["verification"]
+    assert v["passed"] is True and v["max_abs"] <= 1e-4 * v["outputs"][0]["ref_max_abs"]
+    assert "nodes" in stdout and "max abs err" in stdout and "wrote" in stdout
+    # no temporary folders left beside the output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["block.onnx", "out.onnx", "report.json"]
+
+
+def test_inspect_writes_nothing_and_explains(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(size=(C, C, 3, 3)).astype(np.float32), "w")
+    conv_s2 = numpy_helper.from_array(rng.normal(size=(C, C, 1, 1)).astype(np.float32), "w1")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1], name="conv3"),
+             helper.make_node("Conv", ["x", "w1"], ["b"], strides=[2, 2], name="conv1_s2"),
+             helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
+             helper.make_node("Add", ["a", "c"], ["y"], name="sum"),
+             helper.make_node("Identity", ["b"], ["z"], name="id")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 8, 8]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, C, 4, 4])], [w, conv_s2])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    code, stdout, _ = _run(["inspect", path, "--explain", "--json", "-"], capsys)
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    data = json.loads(stdout[stdout.index("{"):])
+    assert data["written"] is False and data["output"] is None
+    assert data["after"]["convs"] == 2  # conv3 + conv1 merged, the shared-weight stride-2 conv kept
+    # the sum, and the stride-2 conv with its Identity
+    assert data["rules"][0]["rewrites"] == 2 and data["after"]["nodes"] == 2
+
+
+def test_explain_lists_decline_reason(tmp_path, capsys):
+    # BN(x) -> Conv with zero padding: the shifted affine cannot enter a padding conv
+    rng = np.random.default_rng(2)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
+    inits = [f("w", rng.normal(size=(C, C, 3, 3))), f("g", rng.uniform(0.5, 1.5, C)), f("be", rng.normal(size=C)),
+             f("m", rng.normal(size=C)), f("v", rng.uniform(0.5, 2.0, C))]
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "be", "m", "v"], ["n"], name="pre_bn"),
+             helper.make_node("Conv", ["n", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 8, 8])], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    code, stdout, _ = _run(["inspect", path, "--explain"], capsys)
+    assert code == 0
+    assert "declined candidates:" in stdout
+    line = next(l for l in stdout.splitlines() if "conv" in l and "padding" in l)
+    assert "zero-padding conv" in line
+
+
+def test_verification_failure_exits_5_and_writes_nothing(block, tmp_path, capsys):
+    rules = tmp_path / "bad_rule.py"
+    rules.write_text(
+        "import numpy as np\n"
+        "from onnxrep import PatternRule, op, var, const\n"
+        "class BreakRelu(PatternRule):\n"
+        "    '''A deliberately wrong rule: Relu(x) -> Relu(x * 1.5).'''\n"
+        "    name = 'break-relu'\n"
+        "    pattern = op('Relu', var('x'))\n"
+        "    def rewrite(self, m, b):\n"
+        "        (t,) = b.op('Mul', [m['x'], b.const('k', np.array(1.5, np.float32))])\n"
+        "        b.op('Relu', [t], outputs=[m.output])\n")
+    out = tmp_path / "out.onnx"
+    code, stdout, err = _run(["optimize", block, out, "--rules-from", rules, "--no-default-rules"], capsys)
+    assert code == cli.EXIT_VERIFY
+    assert not out.exists()
+    assert err.count("\n") == 1 and "verification failed" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad_rule.py", "block.onnx"]
+
+
+def test_no_verify_skips_check(block, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    code, stdout, _ = _run(["optimize", block, out, "--no-verify", "-q"], capsys)
+    assert code == 0 and stdout == "" and out.exists()
+    assert graph_stats(onnx.load(out)).nodes == 2
+
+
+def _invalid_graph(path: Path) -> Path:
+    node = helper.make_node("Relu", ["missing"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("kind, code, words", [
+    ("missing", cli.EXIT_INPUT, "no such file"),
+    ("empty", cli.EXIT_INPUT, "empty file"),
+    ("text", cli.EXIT_INPUT, "not an ONNX model"),
+    ("truncated", cli.EXIT_INPUT, "not an ONNX model"),
+    ("invalid", cli.EXIT_INPUT, "invalid ONNX model"),
+    ("same", cli.EXIT_OUTPUT, "output path is the input path"),
+    ("no-folder", cli.EXIT_OUTPUT, "does not exist"),
+    ("bad-shape", cli.EXIT_USAGE, ""),
+    ("bad-rules", cli.EXIT_RULES, "cannot import"),
+])
+def test_bad_input_one_line_error(kind, code, words, block, tmp_path, capsys):
+    src, out, extra = block, tmp_path / "out.onnx", []
+    if kind == "missing":
+        src = tmp_path / "nope.onnx"
+    elif kind == "empty":
+        src = tmp_path / "empty.onnx"
+        src.write_bytes(b"")
+    elif kind == "text":
+        src = tmp_path / "notes.onnx"
+        src.write_text("this is not a model\n")
+    elif kind == "truncated":
+        src = tmp_path / "cut.onnx"
+        src.write_bytes(block.read_bytes()[:-37])
+    elif kind == "invalid":
+        src = _invalid_graph(tmp_path / "invalid.onnx")
+    elif kind == "same":
+        out = block
+    elif kind == "no-folder":
+        out = tmp_path / "no" / "such" / "out.onnx"
+    elif kind == "bad-shape":
+        extra = ["--input-shape", "x:1,two,3"]
+    elif kind == "bad-rules":
+        bad = tmp_path / "rules.py"
+        bad.write_text("raise RuntimeError('boom')\n")
+        extra = ["--rules-from", bad]
+    before = block.read_bytes()
+    code_, stdout, err = _run(["optimize", src, out] + extra, capsys)
+    assert code_ == code
+    assert err.count("\n") == 1 and err.startswith("onnxrep: error:") and words in err
+    assert "Traceback" not in err
+    assert block.read_bytes() == before
+    if kind != "same":
+        assert not out.exists()
+    assert not [p for p in tmp_path.rglob(".onnxrep-*")]
+
+
+def test_disk_full_leaves_no_partial_output(block, tmp_path, capsys, monkeypatch):
+    import onnxrep.graph.io as io
+
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return FullDisk(f) if "w" in mode and str(path).endswith("out.onnx") else f
+
+    monkeypatch.setattr(io, "open", fake_open, raising=False)
+    out = tmp_path / "out.onnx"
+    code, _, err = _run(["optimize", block, out], capsys)
+    assert code == cli.EXIT_OUTPUT and "No space left on device" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["block.onnx"]
+
+
+def test_console_script_subprocess(block, tmp_path):
+    """The installed entry point (via python -m) runs end to end and fails cleanly."""
+    out = tmp_path / "o.onnx"
+    ok = subprocess.run([sys.executable, "-m", "onnxrep.cli", "optimize", str(block), str(out)],
+                        capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert ok.returncode == 0, ok.stderr
+    assert out.exists()
+    bad = subprocess.run([sys.executable, "-m", "onnxrep.cli", "optimize", str(tmp_path / "x.onnx"), str(out)],
+                         capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert bad.returncode == cli.EXIT_INPUT and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["optimize", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for code in range(1, 7):
+        assert f"  {code}  " in out
+
+
+def test_compare_command(block, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert _run(["optimize", block, out, "-q"], capsys)[0] == 0
+    code, stdout, _ = _run(["compare", block, out, "--input-shape", "x:2,8,16,16"], capsys)
+    assert code == 0 and "(2,8,16,16)" in stdout
