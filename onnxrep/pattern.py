@@ -18,7 +18,7 @@ in ``run`` (the built-in region collapse is written that way). The usual form,
             b.op("Gemm", [m["a"], b.const("B", m["b"] * s), ...], outputs=[m.output], attrs=gemm.attrs)
 
 Patterns are written as ops: ``op(type_or_types, *inputs, name=, commutative=)``, ``var(name)``
-(any tensor), ``const(name, optional=)`` (an initializer or Constant output, never a graph
+(any tensor), ``var(name, optional=True)`` (also an omitted input), ``const(name, optional=)`` (an initializer or Constant output, never a graph
 input). A nested ``op`` matches the producer of that input, and the engine requires its
 output to be private to the match (read once, not a graph output), so a user rule cannot
 delete a tensor someone else still reads. ``m[name]`` is a tensor for ``var``, a numpy array
@@ -45,6 +45,7 @@ class Pattern:
 @dataclass(frozen=True)
 class VarPattern(Pattern):
     name: str
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ def op(op_type: str | tuple[str, ...], *inputs: Pattern, name: str | None = None
     return OpPattern(types, tuple(inputs), name, commutative)
 
 
-def var(name: str) -> VarPattern:
-    return VarPattern(name)
+def var(name: str, optional: bool = False) -> VarPattern:
+    return VarPattern(name, optional)
 
 
 def const(name: str, optional: bool = False) -> ConstPattern:
@@ -120,7 +121,9 @@ def _bind(m: Match, name: str, tensor, value) -> bool:
 def _match_tensor(pat: Pattern, t: gs.Tensor | None, m: Match) -> bool:
     ctx = m.ctx
     if isinstance(pat, VarPattern):
-        return t is not None and not ctx.is_absent(t) and _bind(m, pat.name, t, t)
+        if ctx.is_absent(t):
+            return pat.optional and _bind(m, pat.name, None, None)
+        return _bind(m, pat.name, t, t)
     if isinstance(pat, ConstPattern):
         if ctx.is_absent(t):
             return pat.optional and _bind(m, pat.name, None, None)

@@ -194,7 +194,14 @@ class Builder:
 
     def op(self, op_type: str, inputs: list, outputs: list | None = None, attrs: dict | None = None,
            name: str | None = None, domain: str = "") -> list:
-        """Add a node; returns its output tensors (fresh ones unless ``outputs`` is given)."""
+        """Add a node; returns its output tensors (fresh ones unless ``outputs`` is given).
+
+        ``None`` inputs are omitted optional inputs (trailing ones are dropped).
+        """
+        inputs = list(inputs)
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        inputs = [gs.Variable.empty() if t is None else t for t in inputs]
         outputs = list(outputs) if outputs is not None else [self.tensor(op_type.lower())]
         self.nodes.append(PendingNode(op_type, list(inputs), outputs, dict(attrs or {}), name or self.hint, domain))
         return outputs
