@@ -32,6 +32,7 @@ def gemm_then_affine(b, c, alpha: float, beta: float, trans_b: bool, affine: Aff
 def convtranspose_then_affine(weight, bias, groups: int, affine: AffineForm):
     """Return ``(W', b')`` for ``affine(conv_transpose(x, W, b))`` with any groups."""
     w = f64(weight)
+    affine.check_rank(w.ndim)
     in_c, og = w.shape[0], w.shape[1]
     out_c = og * groups
     s, t = affine.vectors(out_c)
