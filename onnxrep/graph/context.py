@@ -162,6 +162,16 @@ class GraphContext:
         self.changed = True
         return made
 
+    def substitute(self, rule: str, tensor: gs.Tensor, replacement: gs.Tensor) -> None:
+        """Make every reader of ``tensor`` read ``replacement`` instead (not for graph outputs)."""
+        if self.is_graph_output(tensor):
+            raise RegionNotPrivate(f"tensor '{tensor.name}' is a graph output")
+        for consumer in list(tensor.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is tensor:
+                    consumer.inputs[i] = replacement
+        self.changed = True
+
     def decline(self, rule: str, node: gs.Node | str, reason: str) -> None:
         name = node if isinstance(node, str) else (node.name or node.op)
         self.stats[rule].declines.append(Decline(rule, name, str(reason)))

@@ -2,12 +2,13 @@
 from .collapse_linear import CollapseLinearRegions
 from .fold_bn_into_convtranspose import FoldBatchNormIntoConvTranspose
 from .fold_bn_into_gemm import FoldBatchNormIntoGemm
+from .fold_constants import FoldConstants
 
 
 def default_rules():
     """Fresh instances of every built-in rule, in priority order."""
-    return sorted([CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormIntoConvTranspose()],
+    return sorted([FoldConstants(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormIntoConvTranspose()],
                   key=lambda r: r.priority)
 
 
-__all__ = ["CollapseLinearRegions", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "default_rules"]
+__all__ = ["CollapseLinearRegions", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "default_rules"]

@@ -10,6 +10,10 @@ tensor from its producer:
 * ``u + v``, ``u - v``            ``F = F_u ± F_v`` when both read the same root (parallel branches:
                                   kernels aligned and zero-filled to one, identity as a 1x1 kernel)
 * ``Identity(u)``, inference ``Dropout(u)``   ``F = F_u``
+* ``AveragePool(u)``                ``F = avgpool ∘ F_u`` (a depthwise conv; ``count_include_pad`` or no pads)
+* ``Pad(u, p, v)``, ``Slice(u)``    ``F = F_u`` with wider / narrower pads, when ``F_u`` is pointwise and
+                                  ``v = F_u(0)`` (DBB's BN-and-pad border; a zero Pad before a conv)
+* ``conv2(conv1(u))``             1x1 -> KxK and KxK -> 1x1 sequences compose into one conv
 
 ``u`` is expanded only when it is *private* (read once, not a graph output); otherwise it is a
 root itself, which is why every tensor shared by branches (RepVGG's ``x``) is exactly the root
@@ -25,10 +29,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..algebra import (AffineForm, ConvForm, NotRepresentable, add, affine_as_conv, affine_sum,
-                       affine_then_affine, affine_then_conv, conv_then_affine)
+                       affine_then_affine, affine_then_conv, avgpool, compose, conv_then_affine, pad_pointwise)
 from ..graph import Builder, GraphContext
 from ..pattern import Rule
-from .linear_ops import bn_form, constant_affine, conv_form
+from .linear_ops import avgpool_params, bn_form, constant_affine, conv_form, spatial_crop, spatial_pads
 
 
 @dataclass(eq=False)
@@ -69,7 +73,28 @@ def then(first, second):
         return affine_then_affine(first, second) if isinstance(second, AffineForm) else affine_then_conv(first, second)
     if isinstance(second, AffineForm):
         return conv_then_affine(first, second)
-    raise NotRepresentable("sequential convs (conv after conv) are not merged")
+    return compose(first, second)
+
+
+def as_conv(form, channels: int | None, n_spatial: int) -> ConvForm:
+    """A form as a ``ConvForm`` (an affine becomes a 1x1 depthwise conv on ``channels``)."""
+    if isinstance(form, ConvForm):
+        return form
+    channels = form.channels or channels
+    if channels is None:
+        raise NotRepresentable("number of channels unknown (no shape information)")
+    return affine_as_conv(form, channels, n_spatial)
+
+
+def channels_of(form, root: gs.Tensor) -> int | None:
+    if isinstance(form, ConvForm):
+        return form.out_channels
+    if form.channels is not None:
+        return form.channels
+    shape = root.shape
+    if shape is not None and len(shape) > 1 and isinstance(shape[1], int):
+        return shape[1]
+    return None
 
 
 class CollapseLinearRegions(Rule):
@@ -125,6 +150,18 @@ class _Walk:
             return self.affine(node, node.inputs[0], bn_form(self.ctx, node))
         if op in self.PASS_THROUGH:
             return self.pass_through(node)
+        if op in ("AveragePool", "Pad", "Slice"):
+            try:
+                if op == "AveragePool":
+                    return self.avgpool(node)
+                if op == "Pad":
+                    return self.reshape_border(node, *spatial_pads(self.ctx, node))
+                return self.reshape_border(node, spatial_crop(self.ctx, node), None)
+            except NotRepresentable:
+                # these ops are linear only in special cases: stay quiet unless a region was cut short
+                if self.operand(node.inputs[0]).trivial:
+                    return None
+                raise
         if op in ("Mul", "Add", "Sub", "Div", "Neg"):
             found = constant_affine(self.ctx, node)
             if found is not None:
@@ -157,6 +194,38 @@ class _Walk:
                 self.ctx.decline(self.rule, node, f"not merged with its input region: {exc}")
         return Expr(x, aff, node.outputs[0], [node])
 
+    def avgpool(self, node: gs.Node) -> Expr:
+        kernel, strides, pads, include_pad = avgpool_params(node)
+        inner = self.operand(node.inputs[0])
+        channels = channels_of(inner.form, inner.root if inner.trivial else inner.sink)
+        if channels is None:
+            channels = channels_of(inner.form, node.inputs[0])
+        if channels is None:
+            raise NotRepresentable("AveragePool channel count unknown (no shape information)")
+        pool = avgpool(channels, kernel, strides, pads, include_pad)
+        if not inner.trivial:
+            try:
+                return self.extend(node, inner, then(inner.form, pool), 0, None)
+            except NotRepresentable as exc:
+                self.ctx.decline(self.rule, node, f"not merged with its input region: {exc}")
+        x = node.inputs[0]
+        return Expr(x, pool, node.outputs[0], [node])
+
+    def reshape_border(self, node: gs.Node, pads, value) -> Expr:
+        """Pad (``value`` given) or crop (``value`` None) of a pointwise form's output."""
+        x = node.inputs[0]
+        inner = self.operand(x)
+        n = len(pads) // 2
+        channels = channels_of(inner.form, inner.root)
+        if channels is None:
+            channels = channels_of(inner.form, x)
+        form = as_conv(inner.form, channels, n)
+        border = form.bias if value is None or all(p <= 0 for p in pads) else value
+        padded = pad_pointwise(form, pads, border)
+        if inner.trivial:
+            return Expr(x, padded, node.outputs[0], [node])
+        return self.extend(node, inner, padded, 0, None)
+
     def pass_through(self, node: gs.Node) -> Expr | None:
         if node.op == "Dropout" and len(node.inputs) > 2 and not self.ctx.is_absent(node.inputs[2]):
             mode = self.ctx.constant(node.inputs[2])
@@ -181,7 +250,9 @@ class _Walk:
 
     # ------------------------------------------------------------- rewrite
     def emit(self, expr: Expr) -> None:
-        if not isinstance(expr.form, ConvForm) or len(expr.nodes) < 2:
+        if not isinstance(expr.form, ConvForm) or len(expr.nodes) < 2 or expr.convs < 1:
+            for child in expr.children:
+                self.emit(child)
             return
         try:
             self.replace(expr)

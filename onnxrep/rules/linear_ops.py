@@ -93,3 +93,102 @@ def constant_affine(ctx: GraphContext, node: gs.Node) -> tuple[gs.Tensor, Affine
             raise NotRepresentable("division by a constant containing zeros")
         aff = AffineForm(1.0 / vec, zero, rank, min_rank)
     return x, aff
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _ints(ctx: GraphContext, tensor) -> list[int] | None:
+    if ctx.is_absent(tensor):
+        return None
+    v = ctx.constant(tensor)
+    return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
+
+
+def spatial_pads(ctx: GraphContext, node: gs.Node) -> tuple[tuple[int, ...], float]:
+    """A constant-mode Pad on spatial axes only as ``(ONNX pads over spatial axes, value)``."""
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise NotRepresentable(f"Pad mode {mode!r} is not zero/constant padding")
+    if "pads" in node.attrs:  # opset < 11
+        raise NotRepresentable("Pad with pads as an attribute (opset < 11)")
+    pads = _ints(ctx, node.inputs[1]) if len(node.inputs) > 1 else None
+    if pads is None:
+        raise NotRepresentable("Pad pads are not constant")
+    value = 0.0
+    if len(node.inputs) > 2 and not ctx.is_absent(node.inputs[2]):
+        v = ctx.constant(node.inputs[2])
+        if v is None or v.size != 1:
+            raise NotRepresentable("Pad value is not a constant scalar")
+        value = float(np.asarray(v).reshape(()))
+    n_axes = len(pads) // 2
+    axes = list(range(n_axes))
+    if len(node.inputs) > 3 and not ctx.is_absent(node.inputs[3]):
+        axes = _ints(ctx, node.inputs[3])
+        if axes is None:
+            raise NotRepresentable("Pad axes are not constant")
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else (n_axes if len(axes) == n_axes and
+                                                                                  axes == list(range(n_axes)) else None)
+    if rank is None:
+        raise NotRepresentable("rank of the padded tensor is unknown")
+    full = [0] * (2 * rank)
+    for i, ax in enumerate(axes):
+        ax = ax + rank if ax < 0 else ax
+        full[ax], full[rank + ax] = pads[i], pads[n_axes + i]
+    if full[0] or full[1] or full[rank] or full[rank + 1]:
+        raise NotRepresentable("Pad pads the batch or channel axis")
+    return tuple(full[2:rank] + full[rank + 2:]), value
+
+
+def spatial_crop(ctx: GraphContext, node: gs.Node) -> tuple[int, ...]:
+    """A Slice with step 1 on spatial axes as negative ONNX pads (a crop)."""
+    x = node.inputs[0]
+    if x.shape is None:
+        raise NotRepresentable("rank of the sliced tensor is unknown")
+    rank = len(x.shape)
+    starts = _ints(ctx, node.inputs[1])
+    ends = _ints(ctx, node.inputs[2])
+    axes = _ints(ctx, node.inputs[3]) if len(node.inputs) > 3 else list(range(len(starts or [])))
+    steps = _ints(ctx, node.inputs[4]) if len(node.inputs) > 4 else None
+    if starts is None or ends is None or axes is None:
+        raise NotRepresentable("Slice starts/ends/axes are not constant")
+    if steps is not None and any(s != 1 for s in steps):
+        raise NotRepresentable("Slice with steps other than 1")
+    n = rank - 2
+    pads = [0] * (2 * n)
+    for start, end, ax in zip(starts, ends, axes):
+        ax = ax + rank if ax < 0 else ax
+        dim = x.shape[ax]
+        if start == 0 and (end >= INT64_MAX // 2 or (isinstance(dim, int) and end >= dim)):
+            continue  # the whole axis
+        if ax < 2:
+            raise NotRepresentable("Slice on the batch or channel axis")
+        dim = x.shape[ax]
+        if start < 0 or (end < 0 and end < -(2**31)):
+            raise NotRepresentable("Slice start counts from the end")
+        if end >= 0 and end < INT64_MAX // 2:
+            if not isinstance(dim, int):
+                raise NotRepresentable("Slice end needs the (dynamic) spatial size")
+            crop_end = max(dim - end, 0)
+        else:
+            crop_end = -end if end < 0 else 0
+        pads[ax - 2] = -start
+        pads[n + ax - 2] = -crop_end
+    return tuple(pads)
+
+
+def avgpool_params(node: gs.Node) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], bool]:
+    a = node.attrs
+    kernel = tuple(a["kernel_shape"])
+    n = len(kernel)
+    if a.get("ceil_mode", 0):
+        raise NotRepresentable("AveragePool with ceil_mode=1")
+    if tuple(a.get("dilations", (1,) * n)) != (1,) * n:
+        raise NotRepresentable("AveragePool with dilations")
+    auto_pad = a.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "", "VALID"):
+        raise NotRepresentable(f"AveragePool with auto_pad={auto_pad}")
+    pads = tuple(a.get("pads", (0,) * (2 * n))) if auto_pad != "VALID" else (0,) * (2 * n)
+    return kernel, tuple(a.get("strides", (1,) * n)), pads, bool(a.get("count_include_pad", 0))

@@ -1,0 +1,89 @@
+"""Convs in sequence, AvgPool as a conv, and padding of a pointwise map (REPARAM.md transforms 6-8).
+
+* **1x1 → KxK.** ``conv2(pad_P2(conv1(pad_P1(x))))`` with ``conv1`` pointwise (1x1, stride 1):
+  ``W[o, i] = Σ_m W2[o, m] W1[m, i]`` (per group), ``b = b2 + Σ_{m,k} W2[o, m, k] b1[m]``,
+  pads ``P1 + P2``. Exact when ``P2 = 0`` or ``b1 = 0``: ``conv2``'s zero padding pads the
+  intermediate with 0 where the merged conv sees ``b1``.
+* **KxK → 1x1** (a compactor): ``W' = Q · W`` over the output axis, ``b' = Q b + b2``; the 1x1
+  must be stride 1 without padding.
+* **Pad with the map's value at zero.** For a pointwise ``F`` (1x1, stride 1),
+  ``pad(F(x), p, value=F(0))`` is ``F(pad0(x, p))``: the same conv with pads ``+ p``. That is
+  what DBB's ``BNAndPadLayer`` writes (BN(0) in the border), and a plain zero Pad when ``F(0)=0``.
+* **AvgPool** ``k, s, p`` is the depthwise conv with kernel ``1/prod(k)``; exact for
+  ``count_include_pad=1`` or no padding (``ceil_mode`` must not add a window).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .branches import regroup
+from .errors import NotRepresentable
+from .forms import ConvForm, f64
+
+
+def is_pointwise(conv: ConvForm) -> bool:
+    return all(k == 1 for k in conv.kernel_shape) and all(s == 1 for s in conv.strides)
+
+
+def compose(first: ConvForm, second: ConvForm) -> ConvForm:
+    """``second(first(x))`` as one conv, or ``NotRepresentable``."""
+    if first.n_spatial != second.n_spatial:
+        raise NotRepresentable("sequential convs have different spatial ranks")
+    if first.out_channels != second.in_channels:
+        raise NotRepresentable(f"channel mismatch: {first.out_channels} outputs feed {second.in_channels} inputs")
+    n = first.n_spatial
+    if is_pointwise(first):
+        if any(second.pads) and np.any(f64(first.bias) != 0):
+            raise NotRepresentable("the second conv zero-pads an intermediate whose border value (bias) is not 0")
+        pads = tuple(a + b for a, b in zip(first.pads, second.pads))
+        strides, dilations = second.strides, second.dilations
+        kernel = second.kernel_shape
+    elif is_pointwise(second) and not any(second.pads):
+        pads, strides, dilations, kernel = first.pads, first.strides, first.dilations, first.kernel_shape
+    else:
+        raise NotRepresentable("only 1x1 -> KxK and KxK -> 1x1 (stride 1, no padding) sequences merge")
+    g = math.gcd(first.groups, second.groups)
+    a, b = regroup(first, g), regroup(second, g)
+    out_c, in_c, mid = b.out_channels, a.in_channels, a.out_channels
+    w1 = f64(a.weight).reshape((g, mid // g, in_c // g) + a.kernel_shape)
+    w2 = f64(b.weight).reshape((g, out_c // g, mid // g) + b.kernel_shape)
+    if is_pointwise(first):
+        w = np.einsum("gom...,gmi->goi...", w2, w1.reshape(g, mid // g, in_c // g))
+    else:
+        w = np.einsum("gom,gmi...->goi...", w2.reshape(g, out_c // g, mid // g), w1)
+    w = w.reshape((out_c, in_c // g) + kernel)
+    bias = f64(b.bias) + (w2.sum(axis=tuple(range(3, w2.ndim))) * f64(a.bias).reshape(g, 1, mid // g)).sum(
+        axis=2).reshape(-1)
+    return ConvForm(w, bias, tuple(strides), tuple(pads), tuple(dilations), g)
+
+
+def pad_pointwise(conv: ConvForm, pads, value) -> ConvForm:
+    """``pad(conv(x), pads, value)`` as a conv, when ``conv`` is pointwise and ``value == conv(0)``.
+
+    ``value`` is a scalar or a per-channel vector (DBB's BN(0) border). Negative pads crop.
+    """
+    if not is_pointwise(conv):
+        raise NotRepresentable("padding after a non-pointwise conv is not a conv of the unpadded input")
+    pads = tuple(int(p) for p in pads)
+    if len(pads) != len(conv.pads):
+        raise NotRepresentable("pads do not match the spatial rank")
+    if any(p > 0 for p in pads):  # a crop (negative pads) writes no border
+        border = np.broadcast_to(f64(value).reshape(-1), (conv.out_channels,))
+        bias = f64(conv.bias)
+        if not np.allclose(border, bias, rtol=1e-6, atol=1e-7 * (1 + np.abs(bias).max(initial=0))):
+            raise NotRepresentable("the padding value is not the map's value at zero input")
+    return ConvForm(conv.weight, conv.bias, conv.strides, tuple(a + b for a, b in zip(conv.pads, pads)),
+                    conv.dilations, conv.groups)
+
+
+def avgpool(channels: int, kernel, strides=None, pads=None, count_include_pad: bool = False) -> ConvForm:
+    """AveragePool as a depthwise conv (``groups = channels``)."""
+    kernel = tuple(int(k) for k in kernel)
+    n = len(kernel)
+    pads = tuple(int(p) for p in (pads or (0,) * (2 * n)))
+    if any(pads) and not count_include_pad:
+        raise NotRepresentable("AveragePool with padding and count_include_pad=0 divides borders differently")
+    w = np.full((channels, 1) + kernel, 1.0 / math.prod(kernel))
+    return ConvForm.make(w, np.zeros(channels), strides or (1,) * n, pads, (1,) * n, channels)
