@@ -1,4 +1,5 @@
 """Built-in rules, one per file, all written with the public API in ``onnxrep.pattern``."""
+from .border_fill import CanonicalizeBorderFill
 from .collapse_linear import CollapseLinearRegions
 from .fold_bn_into_convtranspose import FoldBatchNormIntoConvTranspose
 from .fold_bn_into_gemm import FoldBatchNormIntoGemm
@@ -7,8 +8,8 @@ from .fold_constants import FoldConstants
 
 def default_rules():
     """Fresh instances of every built-in rule, in priority order."""
-    return sorted([FoldConstants(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormIntoConvTranspose()],
+    return sorted([FoldConstants(), CanonicalizeBorderFill(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormIntoConvTranspose()],
                   key=lambda r: r.priority)
 
 
-__all__ = ["CollapseLinearRegions", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "default_rules"]
+__all__ = ["CanonicalizeBorderFill", "CollapseLinearRegions", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "default_rules"]

@@ -1,0 +1,224 @@
+"""Exported border fills (DBB's BNAndPadLayer) rewritten to the canonical ``Pad(y - v) + v``.
+
+DBB pads the output ``y`` of a 1x1 conv + BN with ``p`` pixels whose value is the per-channel
+``v = BN(0)``. In PyTorch that is ``F.pad`` then four in-place writes; exporters emit a Pad and
+then dozens to hundreds of data-movement nodes (Slice / ScatterND / Transpose / Expand / Where,
+with shape arithmetic on ``Shape(...)``). This rule finds, after each constant Pad, the
+single-exit region ``Q = f(y)`` made of such nodes and proves ``f(y) = pad(y, p, v)``:
+
+* every node of the region only *moves* data (copies, transposes, scatters, selects with a
+  data-independent condition); arithmetic only ever touches shapes and constants, so each
+  element of ``Q`` is either a fixed element of ``y`` or a fixed constant;
+* the spatial size is static, so that selection pattern is fixed; it is read off exactly by
+  running the graph in onnxruntime on two random inputs: ``Q`` must equal ``y`` bit for bit
+  inside, and a per-channel constant ``v`` (the same in both runs) on the border.
+
+The region is then replaced by ``Add(Pad(Sub(y, v), p, 0), v)``, which the linear-region rule
+folds exactly into the convs around it (``Pad`` of a pointwise map whose value at zero is 0).
+Regions that cannot be proven are left alone with the reason in ``--explain``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..algebra import NotRepresentable
+from ..graph import Builder, GraphContext
+from ..pattern import Rule
+from .linear_ops import spatial_pads
+
+#: ops whose output elements are copies of input elements or of constants
+MOVES = {"Slice", "ScatterND", "ScatterElements", "Concat", "Transpose", "Expand", "Reshape", "Unsqueeze",
+         "Squeeze", "Identity", "Where", "Pad", "Gather", "GatherElements", "Flatten", "Tile"}
+#: inputs of MOVES ops that carry data (the others are indices, shapes, conditions)
+DATA_INPUTS = {"Slice": (0,), "ScatterND": (0, 2), "ScatterElements": (0, 2), "Concat": None, "Transpose": (0,),
+               "Expand": (0,), "Reshape": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Identity": (0,),
+               "Where": (1, 2), "Pad": (0,), "Gather": (0,), "GatherElements": (0,), "Flatten": (0,), "Tile": (0,)}
+MAX_REGION = 4096
+
+
+def _data_positions(node: gs.Node) -> range | tuple:
+    pos = DATA_INPUTS.get(node.op)
+    return range(len(node.inputs)) if pos is None else pos
+
+
+def data_free(ctx: GraphContext, tensor: gs.Tensor, memo: dict) -> bool:
+    """True when ``tensor`` depends on the graph inputs through their shapes only."""
+    stack = [tensor]
+    while stack:
+        t = stack[-1]
+        if id(t) in memo:
+            stack.pop()
+            continue
+        if ctx.is_absent(t) or ctx.constant(t) is not None:
+            memo[id(t)] = True
+            stack.pop()
+            continue
+        node = ctx.producer(t)
+        if node is None or node.domain not in ("", "ai.onnx", None) or any(
+                isinstance(v, gs.Graph) for v in node.attrs.values()):
+            memo[id(t)] = False
+            stack.pop()
+            continue
+        if node.op == "Shape":
+            memo[id(t)] = True
+            stack.pop()
+            continue
+        pending = [x for x in node.inputs if id(x) not in memo]
+        if pending:
+            stack.extend(pending)
+            continue
+        memo[id(t)] = all(memo[id(x)] for x in node.inputs)
+        stack.pop()
+    return memo[id(tensor)]
+
+
+def border_region(ctx: GraphContext, pad: gs.Node, memo: dict | None = None) -> tuple[list[gs.Node], gs.Tensor]:
+    """The data-movement region after ``pad`` and its single exit tensor, or ``NotRepresentable``."""
+    start = pad.outputs[0]
+    data = {id(start)}  # tensors carrying data derived from the padded tensor
+    region: list[gs.Node] = []
+    in_region: set[int] = set()
+    frontier = [start]
+    while frontier:
+        t = frontier.pop()
+        for node in t.outputs:
+            if id(node) in in_region:
+                continue
+            data_in = [i for i, x in enumerate(node.inputs) if id(x) in data]
+            if node.op == "Shape":
+                pass  # reads only the shape
+            elif node.op in MOVES and all(i in _data_positions(node) for i in data_in):
+                pass
+            elif not data_in:
+                pass  # shape arithmetic on something already in the region
+            else:
+                continue  # a consumer that computes on the data: outside the region
+            region.append(node)
+            in_region.add(id(node))
+            if len(region) > MAX_REGION:
+                raise NotRepresentable("border region too large")
+            for out in node.outputs:
+                if data_in and node.op != "Shape":
+                    data.add(id(out))
+                frontier.append(out)
+    if not region:
+        raise NotRepresentable("no border writes after the Pad")
+    # inputs from outside: constants, or non-data tensors (shapes); never other float data
+    for node in region:
+        for i, x in enumerate(node.inputs):
+            if id(x) in data or ctx.is_absent(x) or ctx.constant(x) is not None:
+                continue
+            if x.inputs and id(x.inputs[0]) in in_region:
+                continue
+            if not data_free(ctx, x, memo if memo is not None else {}):
+                raise NotRepresentable(f"border region reads another tensor '{x.name}'")
+    exits = []
+    for node in [pad] + region:
+        for out in node.outputs:
+            outside = [c for c in out.outputs if id(c) not in in_region]
+            if outside or ctx.is_graph_output(out):
+                exits.append(out)
+    if len(exits) != 1 or id(exits[0]) not in data:
+        raise NotRepresentable(f"border region has {len(exits)} exits")
+    return region, exits[0]
+
+
+class CanonicalizeBorderFill(Rule):
+    name = "canonicalize-border-fill"
+    priority = 5
+    probes = 2
+
+    def run(self, ctx: GraphContext) -> None:
+        candidates = []
+        memo: dict = {}
+        for pad in ctx.nodes("Pad"):
+            try:
+                pads, value = spatial_pads(ctx, pad)
+            except NotRepresentable:
+                continue
+            y = pad.inputs[0]
+            shape = y.shape
+            try:
+                region, exit_ = border_region(ctx, pad, memo)
+            except NotRepresentable as exc:
+                if "no border writes" not in str(exc):
+                    ctx.decline(self.name, pad, str(exc))
+                continue
+            if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
+                ctx.decline(self.name, pad, "border fill after Pad: spatial size is dynamic, "
+                                            "its semantics cannot be proven")
+                continue
+            candidates.append((pad, pads, y, region, exit_))
+        if not candidates:
+            return
+        try:
+            observed = self._probe(ctx, [(c[2], c[4]) for c in candidates])
+        except Exception as exc:  # the graph could not be run: nothing proven
+            for c in candidates:
+                ctx.decline(self.name, c[0], f"border fill could not be evaluated: {str(exc).splitlines()[0]}")
+            return
+        for (pad, pads, y, region, exit_), runs in zip(candidates, observed):
+            try:
+                v = border_values(runs, pads)
+            except NotRepresentable as exc:
+                ctx.decline(self.name, pad, str(exc))
+                continue
+            b = Builder(ctx, pad.name or "border")
+            rank = len(y.shape)
+            vv = v.reshape((1, -1) + (1,) * (rank - 2)).astype(runs[0][0].dtype)
+            const_v = b.const("border_value", vv)
+            (shifted,) = b.op("Sub", [y, const_v])
+            full_pads = [0, 0] + list(pads[:rank - 2]) + [0, 0] + list(pads[rank - 2:])
+            (padded,) = b.op("Pad", [shifted, b.const("pads", np.asarray(full_pads, np.int64))],
+                             attrs={"mode": "constant"})
+            b.op("Add", [padded, const_v], outputs=[exit_])
+            try:
+                ctx.replace(self.name, [pad] + region, b.nodes)
+            except NotRepresentable as exc:
+                ctx.decline(self.name, pad, str(exc))
+
+    def _probe(self, ctx: GraphContext, pairs):
+        from ..verification import make_inputs, run
+        g = ctx.graph.copy()
+        tensors = g.tensors()
+        names = []
+        for y, q in pairs:
+            names += [y.name, q.name]
+        g.outputs = [tensors[n] for n in dict.fromkeys(names)]
+        for t in g.outputs:
+            if t.dtype is None:
+                t.dtype = np.float32
+        g.cleanup(remove_unused_graph_inputs=False)
+        model = gs.export_onnx(g, do_type_check=False)
+        runs = []
+        for seed in range(self.probes):
+            out = run(model, make_inputs(model, seed=1234 + seed))
+            runs.append(out)
+        return [[(r[y.name], r[q.name]) for r in runs] for y, q in pairs]
+
+
+def border_values(runs, pads) -> np.ndarray:
+    """Per-channel border value ``v`` if every run has ``q == pad(y, pads, v)`` exactly."""
+    n = len(pads) // 2
+    values = None
+    for y, q in runs:
+        expect_shape = y.shape[:2] + tuple(y.shape[2 + i] + pads[i] + pads[n + i] for i in range(n))
+        if q.shape != expect_shape:
+            raise NotRepresentable(f"border region output shape {q.shape} is not the padded {expect_shape}")
+        inner = (slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + y.shape[2 + i]) for i in range(n))
+        if not np.array_equal(q[inner], y):
+            raise NotRepresentable("border region changes the inside of the padded tensor")
+        mask = np.ones(q.shape[2:], bool)
+        mask[inner[2:]] = False
+        border = np.moveaxis(q, 1, 0)[:, :, mask] if mask.any() else None
+        if border is None:
+            raise NotRepresentable("Pad adds no border")
+        v = border.reshape(border.shape[0], -1)
+        if not np.all(v == v[:, :1]):
+            raise NotRepresentable("border values are not one constant per channel")
+        v = v[:, 0]
+        if values is not None and not np.array_equal(values, v):
+            raise NotRepresentable("border values depend on the data")
+        values = v
+    return values
