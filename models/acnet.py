@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from .common import conv_bn, fuse_conv_bn
+from .common import conv_bn, deploy_conv, fuse_conv_bn, resnet_stages
 
 __all__ = ["ACBlock", "ACBasicBlock", "ACResNet", "acnet_resnet18_tiny", "acnet_k5_tiny",
            "acnet_crop_tiny", "acnet_model_convert"]
@@ -82,14 +82,7 @@ class ACBlock(nn.Module):
         if hasattr(self, "fused_conv"):
             return
         kernel, bias = self.get_equivalent_kernel_bias()
-        sq = self.square_conv
-        dtype = sq.weight.dtype
-        self.fused_conv = nn.Conv2d(sq.in_channels, sq.out_channels, sq.kernel_size,
-                                    stride=sq.stride, padding=sq.padding, dilation=sq.dilation,
-                                    groups=sq.groups, bias=True)
-        self.fused_conv.to(device=sq.weight.device, dtype=dtype)
-        self.fused_conv.weight.copy_(kernel.to(dtype))
-        self.fused_conv.bias.copy_(bias.to(dtype))
+        self.fused_conv = deploy_conv(self.square_conv, kernel, bias)
         for name in ("square_conv", "square_bn", "hor_conv", "hor_bn", "ver_conv", "ver_bn"):
             delattr(self, name)
         self.deploy = True
@@ -125,15 +118,8 @@ class ACResNet(nn.Module):
         super().__init__()
         self.stem = ACBlock(3, widths[0], stem_kernel, 2, stem_kernel // 2, deploy=deploy)
         self.stem_relu = nn.ReLU()
-        in_planes = widths[0]
-        stages = []
-        for i, (n, w) in enumerate(zip(num_blocks, widths)):
-            strides = [1 if i == 0 else 2] + [1] * (n - 1)
-            blocks = []
-            for s in strides:
-                blocks.append(ACBasicBlock(in_planes, w, s, deploy=deploy))
-                in_planes = w
-            stages.append(nn.Sequential(*blocks))
+        stages, in_planes = resnet_stages(lambda i, c_in, c_out, s: ACBasicBlock(c_in, c_out, s, deploy=deploy),
+                                          widths[0], widths, num_blocks)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(in_planes, num_classes)

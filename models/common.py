@@ -87,3 +87,35 @@ def seed_everything(seed: int = 0) -> None:
 def count_convs(model: nn.Module) -> int:
     """Number of ``nn.Conv2d`` modules in ``model``."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@torch.no_grad()
+def deploy_conv(template: nn.Conv2d, kernel: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """A Conv2d with ``template``'s geometry holding the merged ``kernel`` and ``bias``.
+
+    The merge is computed in float64 by the callers and cast to the template's dtype here.
+    """
+    dtype = template.weight.dtype
+    conv = nn.Conv2d(template.in_channels, template.out_channels, template.kernel_size, stride=template.stride,
+                     padding=template.padding, dilation=template.dilation, groups=template.groups, bias=True)
+    conv.to(device=template.weight.device, dtype=dtype)
+    conv.weight.copy_(kernel.to(dtype))
+    conv.bias.copy_(bias.to(dtype))
+    return conv
+
+
+def resnet_stages(make_block, in_planes: int, widths, num_blocks) -> tuple[list[nn.Sequential], int]:
+    """ResNet-18-style stages (first block of each stage but the first has stride 2).
+
+    ``make_block(stage_index, in_planes, planes, stride)`` builds one block. Returns the
+    stages and the final width.
+    """
+    stages = []
+    for i, (n, w) in enumerate(zip(num_blocks, widths)):
+        strides = [1 if i == 0 else 2] + [1] * (n - 1)
+        blocks = []
+        for s in strides:
+            blocks.append(make_block(i, in_planes, w, s))
+            in_planes = w
+        stages.append(nn.Sequential(*blocks))
+    return stages, in_planes

@@ -21,6 +21,7 @@ from torch import nn
 
 from .acnet import ACBlock, acnet_crop_tiny, acnet_k5_tiny, acnet_model_convert, acnet_resnet18_tiny
 from .common import randomize_bn_, seed_everything
+from .dbb import DiverseBranchBlock, dbb_model_convert, dbb_resnet18_tiny, dbb_tiny
 from .repvgg import RepVGGBlock, repvgg_a0, repvgg_a0_g4, repvgg_model_convert, repvgg_tiny
 
 __all__ = ["ModelSpec", "MODELS", "build", "export_onnx", "export_pair", "DYNAMO_MIN_OPSET"]
@@ -67,6 +68,12 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("acnet_crop", acnet_crop_tiny, acnet_model_convert, block_type=ACBlock,
               description="ACBs with padding < K//2: asymmetric branches crop the input (Slice)",
               tags=("acnet", "small")),
+    ModelSpec("dbb_resnet18", dbb_resnet18_tiny, dbb_model_convert, block_type=DiverseBranchBlock,
+              description="ResNet-18 layout, widths 32-256, 17 DBBs (4 depthwise in stage 3)",
+              tags=("dbb", "depthwise")),
+    ModelSpec("dbb_tiny", dbb_tiny, dbb_model_convert, block_type=DiverseBranchBlock,
+              description="5 DBBs: stride 2, groups 2, depthwise 3x3 and 5x5",
+              tags=("dbb", "grouped", "depthwise", "small")),
 ]}
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_bn, fuse_conv_bn
+from .common import conv_bn, deploy_conv, fuse_conv_bn
 
 __all__ = ["RepVGGBlock", "RepVGG", "repvgg_a0", "repvgg_a0_g4", "repvgg_tiny",
            "repvgg_model_convert", "optional_groupwise_layers", "g2_map", "g4_map"]
@@ -78,14 +78,7 @@ class RepVGGBlock(nn.Module):
         if hasattr(self, "rbr_reparam"):
             return
         kernel, bias = self.get_equivalent_kernel_bias()
-        dense = self.rbr_dense.conv
-        dtype = dense.weight.dtype
-        self.rbr_reparam = nn.Conv2d(dense.in_channels, dense.out_channels, dense.kernel_size,
-                                     stride=dense.stride, padding=dense.padding,
-                                     dilation=dense.dilation, groups=dense.groups, bias=True)
-        self.rbr_reparam.to(device=dense.weight.device, dtype=dtype)
-        self.rbr_reparam.weight.copy_(kernel.to(dtype))
-        self.rbr_reparam.bias.copy_(bias.to(dtype))
+        self.rbr_reparam = deploy_conv(self.rbr_dense.conv, kernel, bias)
         for p in self.parameters():
             p.detach_()
         del self.rbr_dense

@@ -53,6 +53,10 @@ class Report:
         }
 
 
+#: the report's row for nodes removed because nothing reads their outputs any more
+CLEANUP = "cleanup (unused nodes)"
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -115,7 +119,11 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
             rep.rewrites += st.rewrites
             rep.nodes_removed += st.nodes_removed
         last_declines = {name: st.declines for name, st in ctx.stats.items()}
+        live = sum(1 for n in graph.nodes if n.outputs)
         graph.cleanup(remove_unused_graph_inputs=False)
+        if live != len(graph.nodes):  # nodes whose outputs nobody reads any more
+            rep = totals.setdefault(CLEANUP, RuleReport(CLEANUP))
+            rep.nodes_removed += live - len(graph.nodes)
         if not ctx.changed:
             break
     for name, declines in last_declines.items():
@@ -141,6 +149,10 @@ def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str]) ->
         out.functions.extend(original.functions)
     # gs turns initializers that are graph inputs into plain constants: list them again, in order.
     present = {t.name for t in out.graph.initializer}
+    for t in original.graph.initializer:  # gs drops unused ones; the caller may still feed them
+        if t.name in overridable and t.name not in present:
+            out.graph.initializer.append(t)
+            present.add(t.name)
     exported = {i.name: i for i in out.graph.input}
     inputs = []
     for i in original.graph.input:

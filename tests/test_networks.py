@@ -15,7 +15,7 @@ from models.export import export_pair  # noqa: E402
 from onnxrep import optimize, verify  # noqa: E402
 from onnxrep.stats import graph_stats  # noqa: E402
 
-NETWORKS = ["repvgg_a0", "repvgg_a0_g4", "acnet_resnet18", "acnet_k5"]
+NETWORKS = ["repvgg_a0", "repvgg_a0_g4", "acnet_resnet18", "acnet_k5", "acnet_crop", "dbb_resnet18"]
 MODES = {
     "legacy": dict(dynamo=False),
     "dynamo": dict(dynamo=True),

@@ -17,6 +17,24 @@ import onnx_graphsurgeon as gs
 from ..algebra import NotRepresentable
 
 
+def all_names(graph: gs.Graph) -> set[str]:
+    """Tensor and node names of ``graph`` and of every subgraph (If / Loop / Scan bodies)."""
+    names: set[str] = set()
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        names.update(g.tensors().keys())
+        for node in g.nodes:
+            if node.name:
+                names.add(node.name)
+            for value in node.attrs.values():
+                if isinstance(value, gs.Graph):
+                    stack.append(value)
+                elif isinstance(value, (list, tuple)):
+                    stack.extend(v for v in value if isinstance(v, gs.Graph))
+    return names
+
+
 class RegionNotPrivate(NotRepresentable):
     """A tensor inside the region is a graph output or is read outside the region."""
 
@@ -47,7 +65,7 @@ class GraphContext:
         self.opset = opset
         self.overridable = frozenset(overridable)
         self.stats: dict[str, RuleStats] = defaultdict(RuleStats)
-        self._names: set[str] = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
+        self._names: set[str] = all_names(graph)
         self._output_names = {t.name for t in graph.outputs}
         self._counter = Counter()
         self.changed = False
@@ -146,9 +164,7 @@ class GraphContext:
         """
         outputs = [t for p in new_nodes for t in p.outputs]
         self.check_private(region, outputs)
-        for node in region:
-            node.inputs.clear()
-            node.outputs.clear()
+        feeders = self.disconnect(region)
         made = []
         for p in new_nodes:
             node = gs.Node(p.op, name=self.unique_name(p.name), attrs=p.attrs, inputs=p.inputs, outputs=p.outputs)
@@ -156,11 +172,34 @@ class GraphContext:
                 node.domain = p.domain
             self.graph.nodes.append(node)
             made.append(node)
+        dead = self.drop_dead_constants(feeders)
         st = self.stats[rule]
         st.rewrites += 1
-        st.nodes_removed += len(region) - len(made)
+        st.nodes_removed += len(region) + dead - len(made)
         self.changed = True
         return made
+
+    @staticmethod
+    def disconnect(nodes: Iterable[gs.Node]) -> list[gs.Node]:
+        """Detach ``nodes``; return the Constant nodes that fed them."""
+        feeders = {}
+        for node in nodes:
+            for t in node.inputs:
+                for p in t.inputs:
+                    if p.op == "Constant":
+                        feeders[id(p)] = p
+            node.inputs.clear()
+            node.outputs.clear()
+        return list(feeders.values())
+
+    def drop_dead_constants(self, feeders: Iterable[gs.Node]) -> int:
+        """Detach Constant nodes nobody reads any more; return how many."""
+        dead = 0
+        for p in feeders:
+            if p.outputs and all(not t.outputs and not self.is_graph_output(t) for t in p.outputs):
+                p.outputs.clear()
+                dead += 1
+        return dead
 
     def substitute(self, rule: str, tensor: gs.Tensor, replacement: gs.Tensor) -> None:
         """Make every reader of ``tensor`` read ``replacement`` instead (not for graph outputs)."""

@@ -128,7 +128,12 @@ class _Walk:
         return Expr.leaf(t)
 
     def visit(self, node: gs.Node) -> None:
-        if node.domain not in ("", "ai.onnx", None) or len(node.outputs) != 1:
+        if node.domain not in ("", "ai.onnx", None):
+            return
+        if len([t for t in node.outputs if t.name]) != 1 or not node.outputs[0].name:
+            if node.op == "BatchNormalization":
+                self.ctx.decline(self.rule, node, "BatchNormalization in training mode (it outputs running "
+                                                  "statistics): exported with model.train()?")
             return
         try:
             expr = self.expression(node)
@@ -230,6 +235,7 @@ class _Walk:
         if node.op == "Dropout" and len(node.inputs) > 2 and not self.ctx.is_absent(node.inputs[2]):
             mode = self.ctx.constant(node.inputs[2])
             if mode is None or bool(np.any(mode)):
+                self.ctx.decline(self.rule, node, "Dropout in training mode (random): exported with model.train()?")
                 return None
         inner = self.operand(node.inputs[0])
         if inner.trivial:

@@ -87,13 +87,6 @@ class FoldConstants(Rule):
     def _replace(self, ctx: GraphContext, node: gs.Node, results: list[np.ndarray]) -> None:
         for t, r in zip(node.outputs, results):
             ctx.substitute(self.name, t, ctx.make_constant(t.name + "_folded", r))
-        # Constant nodes read only by this node die with it
-        feeders = {id(p): p for t in node.inputs for p in t.inputs if p.op == "Constant"}
-        node.inputs.clear()
-        node.outputs.clear()
-        dead = [p for p in feeders.values()
-                if all(not t.outputs and not ctx.is_graph_output(t) for t in p.outputs)]
-        for p in dead:
-            p.outputs.clear()
+        dead = ctx.drop_dead_constants(ctx.disconnect([node]))  # Constant nodes read only here die too
         ctx.stats[self.name].rewrites += 1
-        ctx.stats[self.name].nodes_removed += 1 + len(dead)
+        ctx.stats[self.name].nodes_removed += 1 + dead

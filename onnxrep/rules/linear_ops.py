@@ -51,8 +51,8 @@ def bn_form(ctx: GraphContext, node: gs.Node) -> AffineForm:
     """An inference-mode BatchNormalization as ``s x + t`` (channel axis 1)."""
     if node.attrs.get("training_mode", 0):
         raise NotRepresentable("BatchNormalization has training_mode=1 (model exported in training mode?)")
-    if len(node.outputs) != 1:
-        raise NotRepresentable("BatchNormalization has training outputs (running mean/var)")
+    if len([t for t in node.outputs if t.name]) != 1:
+        raise NotRepresentable("BatchNormalization in training mode (it outputs running statistics)")
     params = [ctx.constant(t) for t in node.inputs[1:5]]
     if len(params) != 4 or any(p is None for p in params):
         raise NotRepresentable("BatchNormalization parameters are not constants")

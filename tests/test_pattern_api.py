@@ -1,0 +1,458 @@
+"""The public rule API (``onnxrep.PatternRule`` / ``op`` / ``var`` / ``const`` / ``Rule``), used the
+way a user would: complete rules written only with the public names, passed to ``optimize``."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnx_builders import GraphBuilder, initializer, node_ops
+from onnxrep import NotRepresentable, PatternRule, Rule, const, op, optimize, var, verify
+
+X = "x"
+
+
+# --------------------------------------------------------------------------- user rules
+class FoldScaleIntoGemm(PatternRule):
+    """Mul(Gemm(A, B, C), s) with a scalar s  =>  Gemm(A, s B, s C):
+    ``s (alpha A op(B) + beta C) = alpha A op(sB) + beta (sC)``."""
+
+    name = "fold-scale-into-gemm"
+    pattern = op("Mul", op("Gemm", var("a"), const("b"), const("c", optional=True), name="gemm"),
+                 const("s"), commutative=True)
+
+    def check(self, m):
+        s = m["s"]
+        if s.size != 1:
+            return "scale is not a scalar"
+        if s.ndim > 2:
+            return "scale would broadcast the Gemm output up"
+        return None
+
+    def rewrite(self, m, b):
+        s = float(np.asarray(m["s"], np.float64).reshape(()))
+        inputs = [m["a"], b.const("B", (m["b"].astype(np.float64) * s).astype(m["b"].dtype))]
+        if m["c"] is not None:
+            inputs.append(b.const("C", (m["c"].astype(np.float64) * s).astype(m["c"].dtype)))
+        b.op("Gemm", inputs, outputs=[m.output], attrs=m.node("gemm").attrs)
+
+
+class FoldScaleIntoGemmOrdered(FoldScaleIntoGemm):
+    """The same rule, not commutative: only ``Mul(Gemm, s)`` matches."""
+
+    name = "fold-scale-into-gemm-ordered"
+    pattern = op("Mul", op("Gemm", var("a"), const("b"), const("c", optional=True), name="gemm"),
+                 const("s"))
+
+
+class DropMulByOneAfterRelu(PatternRule):
+    """Mul(Relu(x), 1)  =>  Relu(x)."""
+
+    name = "drop-mul-by-one"
+    pattern = op("Mul", op("Relu", var("x")), const("one"), commutative=True)
+
+    def check(self, m):
+        one = m["one"]
+        if one.ndim > 1 or not np.all(one == 1):
+            return "multiplier is not 1"
+        return None
+
+    def rewrite(self, m, b):
+        b.op("Relu", [m["x"]], outputs=[m.output])
+
+
+def gemm_model(seed=0, *, scale=0.75, scale_first=False, with_c=True, trans_b=1, extra_outputs=(),
+               gemm_output=None, scale_from_constant_node=False, opset=17):
+    g = GraphBuilder(seed)
+    k, n = 6, 5
+    inputs = [X, g.init(g.randn(*((n, k) if trans_b else (k, n))), "B")]
+    if with_c:
+        inputs.append(g.init(g.randn(n), "C"))
+    h = g.node("Gemm", inputs, gemm_output, name="gemm", alpha=0.5, beta=2.0, transB=trans_b)
+    if scale_from_constant_node:
+        g.nodes.append(helper.make_node("Constant", [], ["s_const"], name="s_node",
+                                        value=numpy_helper.from_array(np.asarray(scale, np.float32), "s_value")))
+        s = "s_const"
+    else:
+        s = g.init(np.asarray(scale, np.float32), "s")
+    y = g.node("Mul", [s, h] if scale_first else [h, s], "y", name="scale_mul")
+    outs = [y] + list(extra_outputs)
+    return g, g.model({X: (3, k)}, outs, opset=opset)
+
+
+def run(model, rules, **kw):
+    before = model.SerializeToString()
+    out, rep = optimize(model, rules=rules, **kw)
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(out, full_check=True)
+    return out, rep
+
+
+def rule_report(rep, name):
+    (r,) = [r for r in rep.rules if r.name == name]
+    return r
+
+
+def assert_verifies(ref, cand):
+    res = verify(ref, cand)
+    for d in res.outputs:
+        assert d.ref_max_abs > 0
+        assert d.max_abs <= 1e-4 * d.ref_max_abs, (d.name, d.max_abs, d.ref_max_abs)
+    assert res.passed
+
+
+# --------------------------------------------------------------------------- a complete rule
+@pytest.mark.parametrize("include_defaults", [True, False])
+def test_custom_rule_rewrites_once_and_verifies(include_defaults):
+    _, m = gemm_model()
+    out, rep = run(m, [FoldScaleIntoGemm()], include_defaults=include_defaults)
+    assert node_ops(out) == ["Gemm"]
+    r = rule_report(rep, "fold-scale-into-gemm")
+    assert (r.rewrites, r.nodes_removed, r.declines) == (1, 1, [])
+    assert rep.rewrites == 1
+    assert rep.before.nodes == 2 and rep.after.nodes == 1
+    names = [x.name for x in rep.rules]
+    assert ("collapse-linear-regions" in names) == include_defaults
+    gemm = out.graph.node[0]
+    assert gemm.output[0] == "y"
+    attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    assert attrs["alpha"] == pytest.approx(0.5) and attrs["beta"] == pytest.approx(2.0) and attrs["transB"] == 1
+    # new constants, originals untouched (here unused, so removed)
+    assert gemm.input[1] != "B" and gemm.input[2] != "C"
+    np.testing.assert_allclose(initializer(out, gemm.input[1]), initializer(m, "B") * 0.75, rtol=1e-6)
+    assert initializer(out, "B") is None and initializer(out, "s") is None
+    assert_verifies(m, out)
+
+
+def test_rule_class_is_accepted_as_well_as_an_instance():
+    _, m = gemm_model()
+    out, rep = run(m, [FoldScaleIntoGemm])
+    assert node_ops(out) == ["Gemm"]
+    assert rule_report(rep, "fold-scale-into-gemm").rewrites == 1
+
+
+def test_commutative_pattern_matches_either_order():
+    _, m = gemm_model(scale_first=True)
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm"]
+    assert rule_report(rep, "fold-scale-into-gemm").rewrites == 1
+    assert_verifies(m, out)
+
+
+@pytest.mark.parametrize("scale_first,expected", [(False, 1), (True, 0)])
+def test_non_commutative_pattern_matches_only_its_order(scale_first, expected):
+    _, m = gemm_model(scale_first=scale_first)
+    out, rep = run(m, [FoldScaleIntoGemmOrdered()], include_defaults=False)
+    assert rule_report(rep, "fold-scale-into-gemm-ordered").rewrites == expected
+    assert len(out.graph.node) == 2 - expected
+    assert_verifies(m, out)
+
+
+@pytest.mark.parametrize("with_c", [True, False], ids=["C", "no-C"])
+def test_optional_const(with_c):
+    _, m = gemm_model(with_c=with_c, trans_b=0)
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm"]
+    assert len(out.graph.node[0].input) == (3 if with_c else 2)
+    assert rule_report(rep, "fold-scale-into-gemm").rewrites == 1
+    assert_verifies(m, out)
+
+
+def test_check_declining_records_the_rules_reason():
+    _, m = gemm_model(scale=np.linspace(0.5, 1.5, 5).astype(np.float32))
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm", "Mul"]
+    r = rule_report(rep, "fold-scale-into-gemm")
+    assert r.rewrites == 0
+    assert len(r.declines) == 1
+    d = r.declines[0]
+    assert (d.rule, d.node, d.reason) == ("fold-scale-into-gemm", "scale_mul", "scale is not a scalar")
+    assert d in rep.declines()
+    assert_verifies(m, out)
+
+
+def test_intermediate_graph_output_does_not_match():
+    _, m = gemm_model(gemm_output="h", extra_outputs=["h"])
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm", "Mul"]
+    r = rule_report(rep, "fold-scale-into-gemm")
+    assert (r.rewrites, r.declines) == (0, [])
+    assert_verifies(m, out)
+
+
+def test_intermediate_read_by_another_node_does_not_match():
+    g, _ = gemm_model(gemm_output="h")
+    z = g.node("Relu", ["h"], "z")
+    m = g.model({X: (3, 6)}, ["y", z])
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm", "Mul", "Relu"]
+    assert rule_report(rep, "fold-scale-into-gemm").rewrites == 0
+    assert_verifies(m, out)
+
+
+def test_root_output_may_be_a_graph_output_and_keeps_its_name():
+    _, m = gemm_model()
+    assert m.graph.output[0].name == "y"
+    out, _ = run(m, [FoldScaleIntoGemm()])
+    assert [o.name for o in out.graph.output] == ["y"] and out.graph.node[0].output[0] == "y"
+
+
+def test_const_matches_a_constant_node():
+    _, m = gemm_model(scale_from_constant_node=True)
+    assert node_ops(m) == ["Gemm", "Constant", "Mul"]
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm"]          # the orphaned Constant node is cleaned up
+    assert_verifies(m, out)
+
+
+def test_const_does_not_match_a_graph_input():
+    g, _ = gemm_model()
+    g.inits = [t for t in g.inits if t.name != "s"]
+    m = g.model({X: (3, 6), "s": ()}, ["y"])
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm", "Mul"]
+    assert rule_report(rep, "fold-scale-into-gemm").rewrites == 0
+    assert_verifies(m, out)
+
+
+@pytest.mark.parametrize("exposed", ["s", "B"])
+def test_const_does_not_match_an_initializer_that_is_also_a_graph_input(exposed):
+    g, _ = gemm_model()
+    m = g.model({X: (3, 6)}, ["y"], graph_inputs_from_inits=[exposed])
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm", "Mul"]
+    assert rule_report(rep, "fold-scale-into-gemm").rewrites == 0
+    assert exposed in [i.name for i in out.graph.input]
+    assert_verifies(m, out)
+
+
+def test_custom_domain_node_is_not_matched():
+    g, _ = gemm_model()
+    for n in g.nodes:
+        if n.op_type == "Mul":
+            n.domain = "com.example"
+    m = g.model({X: (3, 6)}, [("y", (3, 5))], extra_opsets={"com.example": 1})
+    out, rep = optimize(m, rules=[FoldScaleIntoGemm()])
+    assert [(n.op_type, n.domain) for n in out.graph.node] == [("Gemm", ""), ("Mul", "com.example")]
+    assert rule_report(rep, "fold-scale-into-gemm").rewrites == 0
+
+
+def test_nested_rule_removes_a_node():
+    g = GraphBuilder(3)
+    r = g.node("Relu", [X])
+    y = g.node("Mul", [g.init(np.ones(1, np.float32)), r], "y")    # const first: commutative
+    m = g.model({X: (1, 4, 3, 3)}, [y])
+    out, rep = run(m, [DropMulByOneAfterRelu()])
+    assert node_ops(out) == ["Relu"]
+    r = rule_report(rep, "drop-mul-by-one")
+    assert (r.rewrites, r.nodes_removed) == (1, 1)
+    assert_verifies(m, out)
+
+
+def test_nested_rule_declines_a_non_one_multiplier():
+    g = GraphBuilder(3)
+    y = g.node("Mul", [g.node("Relu", [X]), g.init(np.float32(2.0))], "y")
+    m = g.model({X: (1, 4, 3, 3)}, [y])
+    out, rep = run(m, [DropMulByOneAfterRelu()])
+    assert node_ops(out) == ["Relu", "Mul"]
+    assert [d.reason for d in rule_report(rep, "drop-mul-by-one").declines] == ["multiplier is not 1"]
+
+
+def test_several_matches_and_chains_reach_a_fixed_point():
+    g, _ = gemm_model()
+    y2 = g.node("Mul", ["y", g.init(np.float32(-2.0))], "y2")             # Gemm -> Mul -> Mul
+    h = g.node("Gemm", [X, g.init(g.randn(6, 4))])                         # a second, independent pair
+    y3 = g.node("Mul", [h, g.init(np.float32(3.0))], "y3")
+    m = g.model({X: (3, 6)}, [y2, y3])
+    out, rep = run(m, [FoldScaleIntoGemm()])
+    assert node_ops(out) == ["Gemm", "Gemm"]
+    assert rule_report(rep, "fold-scale-into-gemm").rewrites == 3
+    assert_verifies(m, out)
+
+
+def test_rewrite_raising_not_representable_is_a_decline():
+    class Refuses(FoldScaleIntoGemm):
+        name = "refuses"
+
+        def rewrite(self, m, b):
+            b.const("unused", np.zeros(3, np.float32))
+            raise NotRepresentable("refused late")
+
+    _, m = gemm_model()
+    out, rep = run(m, [Refuses()])
+    assert node_ops(out) == ["Gemm", "Mul"]
+    r = rule_report(rep, "refuses")
+    assert r.rewrites == 0 and [d.reason for d in r.declines] == ["refused late"]
+    assert len(out.graph.initializer) == len(m.graph.initializer)
+    assert_verifies(m, out)
+
+
+def test_rewrite_that_does_not_produce_the_output_is_refused_atomically():
+    class Forgetful(FoldScaleIntoGemm):
+        name = "forgetful"
+
+        def rewrite(self, m, b):
+            b.op("Gemm", [m["a"], b.const("B", m["b"])], attrs=m.node("gemm").attrs)  # fresh output
+
+    _, m = gemm_model()
+    out, rep = run(m, [Forgetful()])
+    assert node_ops(out) == ["Gemm", "Mul"]
+    r = rule_report(rep, "forgetful")
+    assert r.rewrites == 0 and len(r.declines) == 1
+    assert "'y'" in r.declines[0].reason and "graph output" in r.declines[0].reason
+    assert_verifies(m, out)
+
+
+def test_same_var_twice_binds_one_tensor():
+    class DoubleToMul(PatternRule):
+        name = "add-self"
+        pattern = op("Add", var("t"), var("t"))
+
+        def rewrite(self, m, b):
+            b.op("Mul", [m["t"], b.const("two", np.float32(2.0))], outputs=[m.output])
+
+    g = GraphBuilder(4)
+    y = g.add(X, X, "y")
+    z = g.add(X, "x2", "z")
+    m = g.model({X: (2, 3), "x2": (2, 3)}, [y, z])
+    out, rep = run(m, [DoubleToMul()])
+    assert sorted(node_ops(out)) == ["Add", "Mul"]
+    assert rule_report(rep, "add-self").rewrites == 1
+    assert_verifies(m, out)
+
+
+def test_producer_with_several_outputs_is_not_matched():
+    class DropDropout(PatternRule):
+        name = "drop-dropout"
+        pattern = op("Mul", op("Dropout", var("x")), const("s"))
+
+        def rewrite(self, m, b):
+            b.op("Mul", [m["x"], m.tensor("s")], outputs=[m.output])
+
+    for mask in (False, True):
+        g = GraphBuilder(5)
+        d = g.fresh("drop")
+        g.nodes.append(helper.make_node("Dropout", [X], [d] + (["mask"] if mask else []), name="do"))
+        y = g.node("Mul", [d, g.init(np.float32(3.0))], "y")
+        m = g.model({X: (2, 3)}, [y], opset=13)
+        out, rep = run(m, [DropDropout()], include_defaults=False)
+        assert rule_report(rep, "drop-dropout").rewrites == (0 if mask else 1)
+        assert node_ops(out) == (["Dropout", "Mul"] if mask else ["Mul"])
+        assert_verifies(m, out)
+
+
+def test_unnamed_rule_reports_under_its_class_name():
+    class Anonymous(FoldScaleIntoGemm):
+        name = ""
+
+    _, m = gemm_model()
+    _, rep = run(m, [Anonymous()])
+    assert rule_report(rep, "Anonymous").rewrites == 1
+
+
+# --------------------------------------------------------------------------- priorities, opsets, Rule
+class FoldBNIntoConvTagged(PatternRule):
+    """Conv -> BN, folded by a user rule (tags the new node so the winner is visible)."""
+
+    name = "user-conv-bn"
+    pattern = op("BatchNormalization", op("Conv", var("x"), const("w"), const("bias", optional=True), name="conv"),
+                 const("g"), const("beta"), const("mean"), const("var"), name="bn")
+
+    def rewrite(self, m, b):
+        eps = float(m.node("bn").attrs.get("epsilon", 1e-5))
+        s = m["g"].astype(np.float64) / np.sqrt(m["var"].astype(np.float64) + eps)
+        bias = np.zeros(len(s)) if m["bias"] is None else m["bias"].astype(np.float64)
+        w = m["w"].astype(np.float64) * s.reshape(-1, *([1] * (m["w"].ndim - 1)))
+        new_b = (bias - m["mean"]) * s + m["beta"]
+        b.op("Conv", [m["x"], b.const("w", w.astype(np.float32)), b.const("b", new_b.astype(np.float32))],
+             outputs=[m.output], attrs=m.node("conv").attrs, name="user_folded")
+
+
+def conv_bn_model(opset=17):
+    g = GraphBuilder(6)
+    y = g.bn(g.conv(X, 3, 4, 3, pads=1), 4, output="y")
+    return g.model({X: (1, 3, 6, 6)}, [y], opset=opset)
+
+
+@pytest.mark.parametrize("priority,user_wins", [(1, True), (100, False)])
+def test_priority_decides_which_rule_takes_a_match(priority, user_wins):
+    rule = FoldBNIntoConvTagged()
+    rule.priority = priority
+    m = conv_bn_model()
+    out, rep = run(m, [rule])
+    assert node_ops(out) == ["Conv"]
+    assert rule_report(rep, "user-conv-bn").rewrites == int(user_wins)
+    assert rule_report(rep, "collapse-linear-regions").rewrites == int(not user_wins)
+    assert out.graph.node[0].name.startswith("user_folded") == user_wins
+    assert_verifies(m, out)
+
+
+@pytest.mark.parametrize("opset,applies", [(17, False), (18, True)])
+def test_opset_range(opset, applies):
+    rule = FoldBNIntoConvTagged()
+    rule.min_opset = 18
+    m = conv_bn_model(opset)
+    out, rep = run(m, [rule], include_defaults=False)
+    assert rule_report(rep, "user-conv-bn").rewrites == int(applies)
+    assert len(out.graph.node) == (1 if applies else 2)
+    assert_verifies(m, out)
+
+
+def test_max_opset():
+    rule = FoldBNIntoConvTagged()
+    rule.max_opset = 13
+    out, rep = run(conv_bn_model(17), [rule], include_defaults=False)
+    assert rule_report(rep, "user-conv-bn").rewrites == 0 and len(out.graph.node) == 2
+
+
+def test_low_level_rule_sees_the_context_and_can_decline():
+    class Inspect(Rule):
+        name = "inspect-relu"
+        seen: list
+
+        def run(self, ctx):
+            for node in ctx.nodes("Relu"):
+                ctx.decline(self.name, node, f"opset {ctx.opset}: relu reads '{node.inputs[0].name}'")
+
+    g = GraphBuilder(7)
+    y = g.node("Relu", [X], "y", name="the_relu")
+    m = g.model({X: (2, 3)}, [y], opset=13)
+    out, rep = run(m, [Inspect()])
+    (d,) = rule_report(rep, "inspect-relu").declines
+    assert (d.rule, d.node, d.reason) == ("inspect-relu", "the_relu", "opset 13: relu reads 'x'")
+    assert node_ops(out) == ["Relu"] and rep.sweeps == 1
+
+
+# --------------------------------------------------------------------------- optional var
+class DropUnitScaleAfterGemm(PatternRule):
+    """Mul(Gemm(a, b, [c]), 1) => Gemm(a, b, [c]) for any (even non-constant) b and c."""
+
+    name = "drop-unit-scale"
+    pattern = op("Mul", op("Gemm", var("a"), var("b"), var("c", optional=True), name="gemm"), const("one"))
+
+    def check(self, m):
+        return None if m["one"].size == 1 and m["one"].ndim <= 2 and float(m["one"].reshape(())) == 1.0 \
+            else "not a unit scale"
+
+    def rewrite(self, m, b):
+        inputs = [m["a"], m["b"]] + ([m["c"]] if m["c"] is not None else [])
+        b.op("Gemm", inputs, outputs=[m.output], attrs=m.node("gemm").attrs)
+
+
+@pytest.mark.parametrize("with_c", [True, False], ids=["C", "no-C"])
+def test_optional_var_matches_present_and_absent_inputs(with_c):
+    g = GraphBuilder(8)
+    ins = {X: (3, 6), "B": (6, 5)}            # B is a graph input: var() matches it, const() would not
+    gemm_inputs = [X, "B"]
+    if with_c:
+        ins["C"] = (5,)
+        gemm_inputs.append("C")
+    h = g.node("Gemm", gemm_inputs, alpha=0.5)
+    y = g.node("Mul", [h, g.init(np.float32(1.0))], "y")
+    m = g.model(ins, [y])
+    out, rep = run(m, [DropUnitScaleAfterGemm()])
+    assert node_ops(out) == ["Gemm"]
+    assert list(out.graph.node[0].input) == gemm_inputs
+    assert rule_report(rep, "drop-unit-scale").rewrites == 1
+    assert_verifies(m, out)
