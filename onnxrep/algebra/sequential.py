@@ -57,10 +57,11 @@ def compose(first: ConvForm, second: ConvForm) -> ConvForm:
     out_c, in_c, mid = b.out_channels, a.in_channels, a.out_channels
     w1 = f64(a.weight).reshape((g, mid // g, in_c // g) + a.kernel_shape)
     w2 = f64(b.weight).reshape((g, out_c // g, mid // g) + b.kernel_shape)
-    if is_pointwise(first):
-        w = np.einsum("gom...,gmi->goi...", w2, w1.reshape(g, mid // g, in_c // g))
-    else:
-        w = np.einsum("gom,gmi...->goi...", w2.reshape(g, out_c // g, mid // g), w1)
+    if is_pointwise(first):  # W[g, o, i, k] = sum_m W2[g, o, m, k] W1[g, m, i]
+        k2 = np.moveaxis(w2.reshape(g, out_c // g, mid // g, -1), 3, 1)          # (g, K, o, m)
+        w = np.moveaxis(k2 @ w1.reshape(g, 1, mid // g, in_c // g), 1, 3)          # (g, o, i, K)
+    else:  # W[g, o, i, k] = sum_m Q[g, o, m] W1[g, m, i, k]
+        w = w2.reshape(g, out_c // g, mid // g) @ w1.reshape(g, mid // g, -1)     # (g, o, i*K)
     w = w.reshape((out_c, in_c // g) + kernel)
     bias = f64(b.bias) + (w2.sum(axis=tuple(range(3, w2.ndim))) * f64(a.bias).reshape(g, 1, mid // g)).sum(
         axis=2).reshape(-1)

@@ -180,17 +180,22 @@ class CanonicalizeBorderFill(Rule):
 
     def _probe(self, ctx: GraphContext, pairs):
         from ..verification import make_inputs, run
-        g = ctx.graph.copy()
-        tensors = g.tensors()
-        names = []
+        g = ctx.graph
+        saved = list(g.outputs)
+        wanted = {}
         for y, q in pairs:
-            names += [y.name, q.name]
-        g.outputs = [tensors[n] for n in dict.fromkeys(names)]
-        for t in g.outputs:
-            if t.dtype is None:
-                t.dtype = np.float32
-        g.cleanup(remove_unused_graph_inputs=False)
-        model = gs.export_onnx(g, do_type_check=False)
+            wanted[y.name], wanted[q.name] = y, q
+        try:
+            g.outputs = list(wanted.values())
+            for t in g.outputs:
+                if t.dtype is None:
+                    t.dtype = np.float32
+            model = gs.export_onnx(g, do_type_check=False)
+        finally:
+            g.outputs = saved
+        live = [n for n in model.graph.node if len(n.output)]  # nodes detached earlier in this sweep
+        del model.graph.node[:]
+        model.graph.node.extend(live)
         runs = []
         for seed in range(self.probes):
             out = run(model, make_inputs(model, seed=1234 + seed))
