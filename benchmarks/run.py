@@ -45,7 +45,7 @@ import onnxruntime as ort  # noqa: E402
 import onnxrep  # noqa: E402
 from onnxrep.stats import graph_stats  # noqa: E402
 
-DEFAULT_MODELS = ("repvgg_a0", "repvgg_a0_g4", "acnet_resnet18")
+DEFAULT_MODELS = ("repvgg_a0", "repvgg_a0_g4", "acnet_resnet18", "dbb_resnet18")
 DEFAULT_SHAPE = (1, 3, 224, 224)
 #: export mode -> keyword arguments of ``models.export.export_onnx``
 EXPORT_MODES = {
