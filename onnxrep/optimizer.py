@@ -31,6 +31,8 @@ class Report:
     opset: int
     verification: object | None = None  # a verify.VerifyResult once checked
     notes: list[str] = field(default_factory=list)
+    #: per merged conv: per-output-channel weight ranges (``outlier_ratio`` = max / median channel absmax)
+    merged_convs: list[dict] = field(default_factory=list)
 
     @property
     def rewrites(self) -> int:
@@ -50,6 +52,7 @@ class Report:
                        "declined": [{"node": d.node, "reason": d.reason} for d in r.declines]} for r in self.rules],
             "verification": self.verification.to_dict() if self.verification is not None else None,
             "notes": list(self.notes),
+            "merged_convs": list(self.merged_convs),
         }
 
 
@@ -104,6 +107,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     graph = gs.import_onnx(_infer_shapes(model) if model.ByteSize() < 1_900_000_000 else model)
     totals = {r.name or type(r).__name__: RuleReport(r.name or type(r).__name__) for r in rule_list}
     sweeps = 0
+    created: list[dict] = []
     last_declines: dict[str, list[Decline]] = {}
     for sweep in range(max_sweeps if opset >= 11 else 0):
         sweeps += 1
@@ -119,6 +123,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
             rep.rewrites += st.rewrites
             rep.nodes_removed += st.nodes_removed
         last_declines = {name: st.declines for name, st in ctx.stats.items()}
+        created += ctx.created
         live = sum(1 for n in graph.nodes if n.outputs)
         graph.cleanup(remove_unused_graph_inputs=False)
         if live != len(graph.nodes):  # nodes whose outputs nobody reads any more
@@ -130,8 +135,9 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
         totals[name].declines = declines
     graph.toposort()
     out = export(graph, model, overridable)
+    final = {n.name for n in out.graph.node}
     report = Report(before, graph_stats(out), list(totals.values()), sweeps, time.perf_counter() - start, opset,
-                    notes=notes)
+                    notes=notes, merged_convs=[c for c in created if c["conv"] in final])
     return out, report
 
 

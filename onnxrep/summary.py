@@ -46,6 +46,12 @@ def format_report(report: Report, src: str = "", dest: str | None = None, explai
                                                [[d.rule, d.node, d.reason] for d in declines])]
         else:
             lines.append("declined candidates: none")
+    if report.merged_convs:
+        worst = max(report.merged_convs, key=lambda c: c["outlier_ratio"])
+        lines.append("")
+        lines.append(f"merged convs: {len(report.merged_convs)}; widest per-channel weight range: "
+                     f"max/median channel |w| = {worst['outlier_ratio']:.1f} in '{worst['conv']}'"
+                     + ("  (consider per-channel INT8 quantization)" if worst["outlier_ratio"] > 10 else ""))
     for note in report.notes:
         lines.append(f"note: {note}")
     if report.verification is not None:

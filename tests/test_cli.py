@@ -255,3 +255,22 @@ def test_compare_command(block, tmp_path, capsys):
     assert _run(["optimize", block, out, "-q"], capsys)[0] == 0
     code, stdout, _ = _run(["compare", block, out, "--input-shape", "x:2,8,16,16"], capsys)
     assert code == 0 and "(2,8,16,16)" in stdout
+
+
+def test_report_flags_uneven_channel_ranges(tmp_path, capsys):
+    """A BN that blows up one channel leaves a merged kernel that per-tensor INT8 would crush."""
+    path = _repvgg_block(tmp_path / "block.onnx")
+    model = onnx.load(path)
+    gamma = next(t for t in model.graph.initializer if t.name == "g")
+    g = numpy_helper.to_array(gamma).copy()
+    g[3] = 500.0  # the identity branch's BN: channel 3 of the merged kernel grows ~500x
+    gamma.CopyFrom(numpy_helper.from_array(g, "g"))
+    onnx.save(model, path)
+    code, stdout, _ = _run(["inspect", path, "--json", "-"], capsys)
+    assert code == 0
+    data = json.loads(stdout[stdout.index("{"):])
+    (conv,) = data["merged_convs"]
+    assert conv["out_channels"] == C and conv["kernel"] == [3, 3]
+    assert conv["outlier_ratio"] > 50
+    assert conv["weight_absmax"] == pytest.approx(conv["outlier_ratio"] * conv["channel_absmax_median"])
+    assert "consider per-channel INT8 quantization" in stdout

@@ -69,6 +69,8 @@ class GraphContext:
         self._output_names = {t.name for t in graph.outputs}
         self._counter = Counter()
         self.changed = False
+        #: one record per conv a rule created, for the report (e.g. per-channel weight ranges)
+        self.created: list[dict] = []
 
     # ----------------------------------------------------------------- queries
     @staticmethod

@@ -281,4 +281,22 @@ class _Walk:
                  "dilations": list(f.dilations), "group": f.groups}
         builder.op("Conv", [expr.root, builder.const("weight", w), builder.const("bias", b)],
                    outputs=[expr.sink], attrs=attrs)
-        self.ctx.replace(self.rule, expr.nodes, builder.nodes)
+        made = self.ctx.replace(self.rule, expr.nodes, builder.nodes)
+        self.ctx.created.append(weight_ranges(made[0].name, f))
+
+
+def weight_ranges(name: str, form: ConvForm) -> dict:
+    """Per-output-channel weight range of a merged conv.
+
+    Merging branches can leave output channels with very different weight magnitudes, which
+    hurts per-tensor INT8 quantization (RepVGG issues #46/#59, YOLOv6 #265): users should know
+    before TensorRT tells them.
+    """
+    absmax = np.abs(np.asarray(form.weight, dtype=np.float64)).reshape(form.out_channels, -1).max(axis=1)
+    positive = absmax[absmax > 0]
+    ratio = float(positive.max() / np.median(positive)) if positive.size else 0.0
+    return {"conv": name, "out_channels": int(form.out_channels), "kernel": list(form.kernel_shape),
+            "groups": int(form.groups), "weight_absmax": float(absmax.max()) if absmax.size else 0.0,
+            "channel_absmax_min": float(absmax.min()) if absmax.size else 0.0,
+            "channel_absmax_median": float(np.median(absmax)) if absmax.size else 0.0,
+            "outlier_ratio": ratio}
