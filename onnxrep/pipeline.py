@@ -81,7 +81,8 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
             except ValueError as exc:  # bad --input-shape
                 raise InputError(str(exc).splitlines()[0]) from None
             except VerifyError as exc:
-                raise VerificationFailed(f"verification could not run: {exc}", report) from None
+                raise VerificationFailed(f"verification could not run ({exc}); nothing written "
+                                         f"(--no-verify skips the check, e.g. for custom ops)", report) from None
             report.verification = result
             if not result.passed:
                 raise VerificationFailed(

@@ -274,3 +274,24 @@ def test_report_flags_uneven_channel_ranges(tmp_path, capsys):
     assert conv["outlier_ratio"] > 50
     assert conv["weight_absmax"] == pytest.approx(conv["outlier_ratio"] * conv["channel_absmax_median"])
     assert "consider per-channel INT8 quantization" in stdout
+
+
+def test_custom_op_model_needs_no_verify(tmp_path, capsys):
+    """onnxruntime cannot run a custom-domain op: exit 5 with a hint, nothing written; --no-verify works."""
+    w = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1]),
+         helper.make_node("MyOp", ["y"], ["z"], domain="com.example", alpha=0.5)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    src = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.example", 1)]), src)
+    out = tmp_path / "out.onnx"
+    code, _, err = _run(["optimize", src, out, "-q"], capsys)
+    assert code == cli.EXIT_VERIFY and "--no-verify" in err and err.count("\n") == 1
+    assert not out.exists()
+    code, _, _ = _run(["optimize", src, out, "-q", "--no-verify"], capsys)
+    assert code == 0
+    node = onnx.load(out).graph.node[1]
+    assert (node.op_type, node.domain, node.attribute[0].f) == ("MyOp", "com.example", 0.5)
