@@ -68,10 +68,12 @@ def compose(first: ConvForm, second: ConvForm) -> ConvForm:
     return ConvForm(w, bias, tuple(strides), tuple(pads), tuple(dilations), g)
 
 
-def pad_pointwise(conv: ConvForm, pads, value) -> ConvForm:
+def pad_pointwise(conv: ConvForm, pads, value, rtol: float = 1e-5) -> ConvForm:
     """``pad(conv(x), pads, value)`` as a conv, when ``conv`` is pointwise and ``value == conv(0)``.
 
     ``value`` is a scalar or a per-channel vector (DBB's BN(0) border). Negative pads crop.
+    ``rtol``: how closely the value must match, relative to the map's output scale; exporters
+    compute the border in the model's precision (float32: 1e-5; float16 needs about 4e-3).
     """
     if not is_pointwise(conv):
         raise NotRepresentable("padding after a non-pointwise conv is not a conv of the unpadded input")
@@ -85,7 +87,7 @@ def pad_pointwise(conv: ConvForm, pads, value) -> ConvForm:
         # exporters compute the border value in the model's precision: compare at that level,
         # relative to the size of the map's outputs (|bias| + the largest row sum of |W|)
         scale = np.abs(bias).max(initial=0) + np.abs(f64(conv.weight)).reshape(conv.out_channels, -1).sum(1).max()
-        if np.abs(border - bias).max(initial=0) > 1e-5 * scale + 1e-12:
+        if np.abs(border - bias).max(initial=0) > rtol * scale + 1e-12:
             raise NotRepresentable("the padding value is not the map's value at zero input")
     return ConvForm(conv.weight, conv.bias, conv.strides, tuple(a + b for a, b in zip(conv.pads, pads)),
                     conv.dilations, conv.groups)

@@ -27,7 +27,8 @@ from ..graph import Builder, GraphContext
 from ..pattern import Rule
 from .linear_ops import spatial_pads
 
-#: ops whose output elements are copies of input elements or of constants
+#: ops whose output elements are copies of input elements or of constants (scatters only
+#: without a ``reduction``: ``max``/``min``/``add``/``mul`` compute on the data)
 MOVES = {"Slice", "ScatterND", "ScatterElements", "Concat", "Transpose", "Expand", "Reshape", "Unsqueeze",
          "Squeeze", "Identity", "Where", "Pad", "Gather", "GatherElements", "Flatten", "Tile"}
 #: inputs of MOVES ops that carry data (the others are indices, shapes, conditions)
@@ -73,8 +74,23 @@ def data_free(ctx: GraphContext, tensor: gs.Tensor, memo: dict) -> bool:
     return memo[id(tensor)]
 
 
-def border_region(ctx: GraphContext, pad: gs.Node, memo: dict | None = None) -> tuple[list[gs.Node], gs.Tensor]:
-    """The data-movement region after ``pad`` and its single exit tensor, or ``NotRepresentable``."""
+def moves_data(node: gs.Node) -> bool:
+    """True for ops whose output elements are copies of input elements (scatters without reduction)."""
+    if node.op not in MOVES:
+        return False
+    reduction = node.attrs.get("reduction", "none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    return reduction == "none"
+
+
+def border_region(ctx: GraphContext, pad: gs.Node, memo: dict | None = None,
+                  top_level: set[int] | None = None) -> tuple[list[gs.Node], gs.Tensor]:
+    """The data-movement region after ``pad`` and its single exit tensor, or ``NotRepresentable``.
+
+    ``top_level``: ids of the graph's own nodes; readers inside subgraphs count as outside.
+    """
+    if top_level is None:
+        top_level = {id(n) for n in ctx.graph.nodes}
     start = pad.outputs[0]
     data = {id(start)}  # tensors carrying data derived from the padded tensor
     region: list[gs.Node] = []
@@ -83,12 +99,14 @@ def border_region(ctx: GraphContext, pad: gs.Node, memo: dict | None = None) -> 
     while frontier:
         t = frontier.pop()
         for node in t.outputs:
-            if id(node) in in_region:
+            if id(node) in in_region or id(node) not in top_level:
+                continue
+            if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
                 continue
             data_in = [i for i, x in enumerate(node.inputs) if id(x) in data]
             if node.op == "Shape":
                 pass  # reads only the shape
-            elif node.op in MOVES and all(i in _data_positions(node) for i in data_in):
+            elif moves_data(node) and all(i in _data_positions(node) for i in data_in):
                 pass
             elif not data_in:
                 pass  # shape arithmetic on something already in the region
@@ -132,6 +150,7 @@ class CanonicalizeBorderFill(Rule):
     def run(self, ctx: GraphContext) -> None:
         candidates = []
         memo: dict = {}
+        top_level = {id(n) for n in ctx.graph.nodes}
         for pad in ctx.nodes("Pad"):
             try:
                 pads, value = spatial_pads(ctx, pad)
@@ -140,7 +159,7 @@ class CanonicalizeBorderFill(Rule):
             y = pad.inputs[0]
             shape = y.shape
             try:
-                region, exit_ = border_region(ctx, pad, memo)
+                region, exit_ = border_region(ctx, pad, memo, top_level)
             except NotRepresentable as exc:
                 if "no border writes" not in str(exc):
                     ctx.decline(self.name, pad, str(exc))
@@ -169,9 +188,11 @@ class CanonicalizeBorderFill(Rule):
             vv = v.reshape((1, -1) + (1,) * (rank - 2)).astype(runs[0][0].dtype)
             const_v = b.const("border_value", vv)
             (shifted,) = b.op("Sub", [y, const_v])
+            shifted.dtype = y.dtype
             full_pads = [0, 0] + list(pads[:rank - 2]) + [0, 0] + list(pads[rank - 2:])
             (padded,) = b.op("Pad", [shifted, b.const("pads", np.asarray(full_pads, np.int64))],
                              attrs={"mode": "constant"})
+            padded.dtype = y.dtype
             b.op("Add", [padded, const_v], outputs=[exit_])
             try:
                 ctx.replace(self.name, [pad] + region, b.nodes)

@@ -97,6 +97,15 @@ def channels_of(form, root: gs.Tensor) -> int | None:
     return None
 
 
+def precision_rtol(dtype) -> float:
+    """Relative tolerance for values an exporter computed in ``dtype`` (4 ulps, at least 1e-5)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        return 1e-5
+    return max(1e-5, 4 * float(np.finfo(dt).eps)) if dt.kind == "f" else 1e-5
+
+
 class CollapseLinearRegions(Rule):
     name = "collapse-linear-regions"
     priority = 10
@@ -226,7 +235,7 @@ class _Walk:
             channels = channels_of(inner.form, x)
         form = as_conv(inner.form, channels, n)
         border = form.bias if value is None or all(p <= 0 for p in pads) else value
-        padded = pad_pointwise(form, pads, border)
+        padded = pad_pointwise(form, pads, border, rtol=precision_rtol(x.dtype))
         if inner.trivial:
             return Expr(x, padded, node.outputs[0], [node])
         return self.extend(node, inner, padded, 0, None)
