@@ -9,6 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import Decline, GraphContext
+from .graph.io import proto_size
 from .pattern import Rule
 from .stats import GraphStats, graph_stats
 
@@ -104,7 +105,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     if opset < 11:
         notes.append(f"opset {opset} is older than 11: no rule ran")
     overridable = overridable_initializers(model)
-    graph = gs.import_onnx(_infer_shapes(model) if model.ByteSize() < 1_900_000_000 else model)
+    graph = gs.import_onnx(_infer_shapes(model) if proto_size(model) < 1_900_000_000 else model)
     totals = {r.name or type(r).__name__: RuleReport(r.name or type(r).__name__) for r in rule_list}
     sweeps = 0
     created: list[dict] = []

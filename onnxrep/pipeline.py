@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .graph.io import InputError, OutputError, PendingOutput, load_model, same_file
+from .graph.io import InputError, OutputError, PendingOutput, file_has_external_data, load_model, same_file
 from .optimizer import Report, optimize
 from .pattern import PatternRule, Rule
 from .verification import VerifyError, verify
@@ -65,13 +65,14 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
     if dest is not None and same_file(src, dest):
         raise OutputError(f"{dest}: output path is the input path (choose another output file)")
     model = load_model(src)
+    external = True if file_has_external_data(src) else None  # keep external data; None: by size
     optimized, report = optimize(model, rules, include_defaults=include_defaults, max_sweeps=max_sweeps,
                                  progress=progress)
     del model
     pending = None
     try:
         if dest is not None:
-            pending = PendingOutput(optimized, dest)
+            pending = PendingOutput(optimized, dest, external_data=external)
         if check_result:
             if progress:
                 progress("verifying with onnxruntime")

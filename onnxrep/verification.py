@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union
@@ -43,7 +44,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import set_external_data, uses_external_data
 
 __all__ = [
     "DEFAULT_BATCH_DIM",
@@ -492,14 +493,12 @@ def run(
         copy = onnx.ModelProto()
         copy.CopyFrom(model)  # save_model(save_as_external_data=True) mutates its argument
         try:
-            onnx.save_model(
-                copy,
-                path,
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location="model.onnx.data",
-                size_threshold=1024,
-            )
+            # not save_model(save_as_external_data=True, location=...): onnx refuses when a file of
+            # that name exists in the current directory
+            for t in copy.graph.initializer:
+                if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                    set_external_data(t, "model.onnx.data")
+            onnx.save_model(copy, path)
         except Exception as e:  # noqa: BLE001
             raise VerifyError(f"could not save large model for onnxruntime: {_one_line(e)}") from e
         finally:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import onnx
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import set_external_data, uses_external_data
 
 PROTOBUF_LIMIT = 2_000_000_000 - 64 * 1024 * 1024
 
@@ -29,6 +30,14 @@ class OutputError(Exception):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0].strip()
+
+
+def proto_size(model: onnx.ModelProto) -> int:
+    """``model.ByteSize()``, or ``2**31`` when protobuf refuses to size it (messages over 2 GB)."""
+    try:
+        return model.ByteSize()
+    except Exception:  # google.protobuf.message.EncodeError: Failed to serialize proto
+        return 2**31
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
@@ -72,6 +81,11 @@ def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     return model
 
 
+def file_has_external_data(path: str | os.PathLike) -> bool:
+    """Whether the model file at ``path`` keeps (some of) its tensors in external data files."""
+    return has_external_data(onnx.load(str(path), load_external_data=False))
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     pa, pb = Path(a), Path(b)
     if pa.exists() and pb.exists():
@@ -94,13 +108,17 @@ class PendingOutput:
         except OSError as exc:
             raise OutputError(f"{self.dest}: cannot write to '{folder}' ({exc.strerror})") from None
         if external_data is None:
-            external_data = has_external_data(model) or model.ByteSize() > PROTOBUF_LIMIT
+            external_data = has_external_data(model) or proto_size(model) > PROTOBUF_LIMIT
         self.data_name = self.dest.name + ".data" if external_data else None
         self.path = self.tmp / self.dest.name
         try:
             if self.data_name:
-                onnx.save_model(model, str(self.path), save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=self.data_name, size_threshold=1024)
+                # not onnx.save_model(save_as_external_data=True, location=...): it refuses to write when a
+                # file named like `location` exists in the *current directory*
+                for t in model.graph.initializer:
+                    if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                        set_external_data(t, self.data_name)
+                onnx.save_model(model, str(self.path))
             else:
                 with open(self.path, "wb") as f:
                     f.write(model.SerializeToString())
