@@ -109,11 +109,12 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     totals = {r.name or type(r).__name__: RuleReport(r.name or type(r).__name__) for r in rule_list}
     sweeps = 0
     created: list[dict] = []
+    state: dict = {}
     last_declines: dict[str, list[Decline]] = {}
     for sweep in range(max_sweeps if opset >= 11 else 0):
         sweeps += 1
         graph.toposort()
-        ctx = GraphContext(graph, opset, overridable)
+        ctx = GraphContext(graph, opset, overridable, state)
         for rule in rule_list:
             if rule.applies_to(opset):
                 if progress:

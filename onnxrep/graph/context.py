@@ -60,8 +60,10 @@ class GraphContext:
     they are never read as constants.
     """
 
-    def __init__(self, graph: gs.Graph, opset: int, overridable: Iterable[str] = ()):
+    def __init__(self, graph: gs.Graph, opset: int, overridable: Iterable[str] = (), state: dict | None = None):
         self.graph = graph
+        #: kept from sweep to sweep by the driver (rules may remember decisions there)
+        self.state = {} if state is None else state
         self.opset = opset
         self.overridable = frozenset(overridable)
         self.stats: dict[str, RuleStats] = defaultdict(RuleStats)

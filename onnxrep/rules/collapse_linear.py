@@ -17,9 +17,12 @@ tensor from its producer:
 
 ``u`` is expanded only when it is *private* (read once, not a graph output); otherwise it is a
 root itself, which is why every tensor shared by branches (RepVGG's ``x``) is exactly the root
-of each branch. A region is replaced when it is maximal (no consumer absorbed it), its form is
-a conv and it has at least two nodes. A combination that is not exact is declined with the
-algebra's reason (``--explain``) and the parts on either side are still collapsed on their own.
+of each branch. A region is replaced when it is maximal (every reader of its sink has been visited and none
+absorbed it: it is emitted right then, so only growing regions hold float64 weights), its form
+is a conv and it has at least two nodes. A combination that is not exact is declined with the
+algebra's reason (``--explain``) and the parts on either side are still collapsed on their own;
+a region that cannot be written out (negative pads, a float16 overflow) keeps its last node,
+and its inputs' regions collapse in the next sweep.
 """
 from __future__ import annotations
 
@@ -112,12 +115,24 @@ class CollapseLinearRegions(Rule):
 
     def run(self, ctx: GraphContext) -> None:
         walk = _Walk(ctx, self.name)
-        for node in list(ctx.graph.nodes):
+        for node, reason in walk.blocked.values():  # still true: say it again in this sweep's report
             if ctx.is_live(node):
-                walk.visit(node)
-        for expr in reversed(walk.exprs):
-            if not expr.absorbed:
-                walk.emit(expr)
+                ctx.decline(self.name, node, reason)
+        unvisited = {}  # tensor name -> readers not visited yet
+        for node in list(ctx.graph.nodes):
+            if not ctx.is_live(node):
+                continue
+            walk.visit(node)
+            # a region is maximal once every reader of its sink has been visited without absorbing it:
+            # emit it now, so that only the regions still growing hold float64 weights
+            for t in node.inputs:
+                if t.name in walk.memo:
+                    left = unvisited.setdefault(t.name, len(t.outputs)) - 1
+                    unvisited[t.name] = left
+                    if left == 0:
+                        walk.flush(t.name)
+        for name in list(walk.memo):
+            walk.flush(name)
 
 
 class _Walk:
@@ -127,12 +142,19 @@ class _Walk:
         self.ctx = ctx
         self.rule = rule
         self.memo: dict[str, Expr] = {}
-        self.exprs: list[Expr] = []
+        # id(node) -> (node, reason): regions ending there could not be written; kept across sweeps
+        self.blocked = ctx.state.setdefault(rule + ":blocked", {})
+
+    def flush(self, name: str) -> None:
+        """Emit the region ending at tensor ``name`` unless a consumer absorbed it; forget it."""
+        expr = self.memo.pop(name, None)
+        if expr is not None and not expr.absorbed:
+            self.emit(expr)
 
     # ------------------------------------------------------------ analysis
     def operand(self, t: gs.Tensor) -> Expr:
         e = self.memo.get(t.name)
-        if e is not None and self.ctx.is_private(t):
+        if e is not None and self.ctx.is_private(t) and not any(id(c) in self.blocked for c in t.outputs):
             return e
         return Expr.leaf(t)
 
@@ -153,8 +175,10 @@ class _Walk:
             return
         for child in expr.children:
             child.absorbed = True
+            self.memo.pop(child.sink.name, None)
+            child.form = None  # its float64 weights are in the parent now
+            child.children = []
         self.memo[expr.sink.name] = expr
-        self.exprs.append(expr)
 
     def expression(self, node: gs.Node) -> Expr | None:
         op = node.op
@@ -266,15 +290,18 @@ class _Walk:
     # ------------------------------------------------------------- rewrite
     def emit(self, expr: Expr) -> None:
         if not isinstance(expr.form, ConvForm) or len(expr.nodes) < 2 or expr.convs < 1:
-            for child in expr.children:
-                self.emit(child)
             return
         try:
             self.replace(expr)
         except NotRepresentable as exc:
-            self.ctx.decline(self.rule, expr.nodes[-1], str(exc))
-            for child in expr.children:
-                self.emit(child)
+            # keep the region's last node; its inputs' regions collapse on their own next sweep
+            last = expr.nodes[-1]
+            if id(last) in self.blocked:
+                return
+            self.ctx.decline(self.rule, last, str(exc))
+            if len(expr.nodes) > 2:
+                self.blocked[id(last)] = (last, str(exc))
+                self.ctx.changed = True
 
     def replace(self, expr: Expr) -> None:
         f = expr.form
