@@ -9,6 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import Decline, GraphContext
+from .graph.io import proto_size
 from .pattern import Rule
 from .stats import GraphStats, graph_stats
 
@@ -73,47 +74,11 @@ def overridable_initializers(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in model.graph.input if i.name in inits}
 
 
-def inferred_shapes(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Shapes of intermediate tensors by ONNX shape inference, without copying the weights.
-
-    Large float initializers are detached from ``model`` while inference runs on it and put
-    back afterwards (inference needs their dims, not their values), so a model of any size
-    costs no second copy. Returns ``{}`` when inference fails: shapes help rules, never gate them.
-    """
-    detached = []
-    for t in model.graph.initializer:
-        if t.HasField("raw_data") and len(t.raw_data) > 4096 and t.data_type in FLOAT_TYPES:
-            detached.append((t, t.raw_data))
-            t.ClearField("raw_data")
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=False)
-        return {v.name: v for v in inferred.graph.value_info}
-    except Exception:
-        return {}
-    finally:
-        for t, raw in detached:
-            t.raw_data = raw
-        del detached
-
-
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-
-
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """The gs graph of ``model`` with inferred shapes on tensors the model did not annotate."""
-    shapes = inferred_shapes(model)
-    graph = gs.import_onnx(model)
-    for name, tensor in graph.tensors().items():
-        info = shapes.get(name)
-        if info is None or not isinstance(tensor, gs.Variable) or tensor.shape is not None:
-            continue
-        tt = info.type.tensor_type
-        if not tt.HasField("shape"):
-            continue
-        tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-        if tensor.dtype is None and tt.elem_type:
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-    return graph
+        return onnx.shape_inference.infer_shapes(model, data_prop=False)
+    except Exception:  # shape inference is a help for rules, never a requirement
+        return model
 
 
 def resolve_rules(rules: Iterable[Rule] | None, include_defaults: bool) -> list[Rule]:
@@ -125,13 +90,10 @@ def resolve_rules(rules: Iterable[Rule] | None, include_defaults: bool) -> list[
 
 
 def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, include_defaults: bool = True,
-             max_sweeps: int = 8, progress: Callable[[str], None] | None = None,
-             consume: bool = False) -> tuple[onnx.ModelProto, Report]:
+             max_sweeps: int = 8, progress: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, Report]:
     """Rewrite ``model`` with the built-in rules plus ``rules``; return the new model and a report.
 
-    ``model`` itself is not modified, unless ``consume``: then the weights of initializers the
-    rewrite made unnecessary are freed from it before export (for models near the memory limit;
-    the caller must not use ``model`` afterwards). Rules run in priority order, sweep after sweep, until a
+    ``model`` itself is not modified. Rules run in priority order, sweep after sweep, until a
     sweep changes nothing (at most ``max_sweeps``). Verification is separate: see
     ``onnxrep.verify.verify`` or ``onnxrep.optimize_file``.
     """
@@ -143,7 +105,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     if opset < 11:
         notes.append(f"opset {opset} is older than 11: no rule ran")
     overridable = overridable_initializers(model)
-    graph = import_graph(model)
+    graph = gs.import_onnx(_infer_shapes(model) if proto_size(model) < 1_900_000_000 else model)
     totals = {r.name or type(r).__name__: RuleReport(r.name or type(r).__name__) for r in rule_list}
     sweeps = 0
     created: list[dict] = []
@@ -174,29 +136,11 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     for name, declines in last_declines.items():
         totals[name].declines = declines
     graph.toposort()
-    if consume:
-        release_replaced_weights(graph, model, overridable)
     out = export(graph, model, overridable)
-    del graph
     final = {n.name for n in out.graph.node}
     report = Report(before, graph_stats(out), list(totals.values()), sweeps, time.perf_counter() - start, opset,
                     notes=notes, merged_convs=[c for c in created if c["conv"] in final])
     return out, report
-
-
-def release_replaced_weights(graph: gs.Graph, model: onnx.ModelProto, overridable: set[str]) -> None:
-    """Clear the raw data of ``model``'s initializers that the graph no longer takes from it.
-
-    gs exports a constant it never loaded straight from the original TensorProto; every other
-    original weight is garbage once the rewrite is done (replaced, or held as numpy by gs).
-    """
-    keep = set(overridable)
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Constant) and isinstance(t._values, gs.ir.tensor.LazyValues):
-            keep.add(t._values.tensor.name)
-    for t in model.graph.initializer:
-        if t.name not in keep and t.HasField("raw_data"):
-            t.ClearField("raw_data")
 
 
 def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str]) -> onnx.ModelProto:

@@ -67,7 +67,7 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
     model = load_model(src)
     external = True if file_has_external_data(src) else None  # keep external data; None: by size
     optimized, report = optimize(model, rules, include_defaults=include_defaults, max_sweeps=max_sweeps,
-                                 progress=progress, consume=True)
+                                 progress=progress)
     del model
     pending = None
     try:
