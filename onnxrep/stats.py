@@ -32,3 +32,22 @@ def graph_stats(model: onnx.ModelProto) -> GraphStats:
         if n.op_type == "Constant":
             params += sum(_numel(a.t) for a in n.attribute if a.name == "value")
     return GraphStats(len(g.node), ops.get("Conv", 0), params, dict(sorted(ops.items(), key=lambda kv: -kv[1])))
+
+
+def estimated_size(model: onnx.ModelProto) -> int:
+    """Bytes the model's tensors take, from their dims: a cheap stand-in for ``ByteSize()``.
+
+    ``ByteSize()`` serializes the whole message with protobuf's upb backend (seconds and a
+    second copy of the weights for a 2 GB model) and raises past 2 GB. Graph structure is
+    small next to the weights; callers keep a margin below the 2 GB limit for it.
+    """
+    total = 0
+    for t in model.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 1
+        total += _numel(t) * itemsize
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.name == "value" and a.HasField("t"):
+                dt = a.t.data_type
+                total += _numel(a.t) * (onnx.helper.tensor_dtype_to_np_dtype(dt).itemsize if dt else 1)
+    return total

@@ -46,6 +46,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from onnx.external_data_helper import set_external_data, uses_external_data
 
+from .stats import estimated_size
+
 __all__ = [
     "DEFAULT_BATCH_DIM",
     "DEFAULT_OTHER_DIM",
@@ -481,10 +483,7 @@ def run(
             "model references external data that is not loaded; pass the model path "
             "or load it with onnx.load(..., load_external_data=True)"
         )
-    try:
-        size = model.ByteSize()
-    except Exception:  # noqa: BLE001 - treat an unsizeable proto as too large
-        size = PROTOBUF_SIZE_LIMIT + 1
+    size = estimated_size(model)  # ByteSize() would serialize the whole model (and fails past 2 GB)
     if size <= PROTOBUF_SIZE_LIMIT:
         return _run_session(model.SerializeToString(), inputs, intra_op_threads)
 

@@ -33,11 +33,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def proto_size(model: onnx.ModelProto) -> int:
-    """``model.ByteSize()``, or ``2**31`` when protobuf refuses to size it (messages over 2 GB)."""
-    try:
-        return model.ByteSize()
-    except Exception:  # google.protobuf.message.EncodeError: Failed to serialize proto
-        return 2**31
+    """The model's size estimated from its tensors' dims (never serializes it)."""
+    from ..stats import estimated_size
+    return estimated_size(model)
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
