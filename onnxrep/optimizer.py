@@ -5,11 +5,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx.external_data_helper import uses_external_data
 
 from .graph import Decline, GraphContext
-from .graph.io import proto_size
 from .pattern import Rule
 from .stats import GraphStats, graph_stats
 
@@ -74,11 +75,54 @@ def overridable_initializers(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in model.graph.input if i.name in inits}
 
 
-def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Shapes of intermediate tensors by ONNX shape inference, without copying the weights.
+
+    Inference runs on a skeleton of the model whose large float initializers keep their dims
+    but no data (inference needs dims, not values). Returns ``{}`` when inference fails: shapes
+    help rules, never gate them.
+    """
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    g, src = skeleton.graph, model.graph
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    for t in src.initializer:
+        if t.data_type in FLOAT_TYPES and (len(t.dims) and int(np.prod(t.dims)) > 1024 or uses_external_data(t)):
+            stub = g.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+        else:
+            g.initializer.append(t)
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=False)
-    except Exception:  # shape inference is a help for rules, never a requirement
-        return model
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=False)
+    except Exception:
+        return {}
+    return {v.name: v for v in inferred.graph.value_info}
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """The gs graph of ``model`` (weights not copied) with inferred shapes where the model has none."""
+    shapes = inferred_shapes(model)
+    graph = gs.import_onnx(model)
+    for name, tensor in graph.tensors().items():
+        info = shapes.get(name)
+        if info is None or not isinstance(tensor, gs.Variable) or tensor.shape is not None:
+            continue
+        tt = info.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        if tensor.dtype is None and tt.elem_type:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+    return graph
 
 
 def resolve_rules(rules: Iterable[Rule] | None, include_defaults: bool) -> list[Rule]:
@@ -105,7 +149,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     if opset < 11:
         notes.append(f"opset {opset} is older than 11: no rule ran")
     overridable = overridable_initializers(model)
-    graph = gs.import_onnx(_infer_shapes(model) if proto_size(model) < 1_900_000_000 else model)
+    graph = import_graph(model)
     totals = {r.name or type(r).__name__: RuleReport(r.name or type(r).__name__) for r in rule_list}
     sweeps = 0
     created: list[dict] = []

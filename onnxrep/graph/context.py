@@ -35,6 +35,16 @@ def all_names(graph: gs.Graph) -> set[str]:
     return names
 
 
+class _Released:
+    """Stands in for the values of an initializer that a rewrite made unused (shape and dtype kept)."""
+
+    def __init__(self, tensor: gs.Constant):
+        self.name, self.shape, self.dtype = tensor.name, tuple(tensor.shape), tensor.dtype
+
+    def __array__(self, *args, **kwargs):
+        raise RuntimeError(f"initializer '{self.name}' was released after a rewrite and must not be read")
+
+
 class RegionNotPrivate(NotRepresentable):
     """A tensor inside the region is a graph output or is read outside the region."""
 
@@ -73,6 +83,7 @@ class GraphContext:
         self.changed = False
         #: one record per conv a rule created, for the report (e.g. per-channel weight ranges)
         self.created: list[dict] = []
+        self._maybe_unused: dict[int, gs.Constant] = {}
 
     # ----------------------------------------------------------------- queries
     @staticmethod
@@ -107,6 +118,15 @@ class GraphContext:
     def is_absent(tensor: gs.Tensor | None) -> bool:
         """An omitted optional input (empty name)."""
         return tensor is None or (tensor.name == "" and not isinstance(tensor, gs.Constant))
+
+    def constant_info(self, tensor: gs.Tensor | None) -> tuple[tuple[int, ...], np.dtype] | None:
+        """``(shape, dtype)`` of a constant without loading its values (``None`` if not a constant)."""
+        if tensor is None or tensor.name in self.overridable:
+            return None
+        if isinstance(tensor, gs.Constant):
+            return tuple(tensor.shape), np.dtype(tensor.dtype)
+        value = self.constant(tensor)  # Constant nodes: small, already in memory
+        return None if value is None else (value.shape, value.dtype)
 
     def constant(self, tensor: gs.Tensor | None) -> np.ndarray | None:
         """The value of an initializer or Constant-node output; ``None`` for anything else.
@@ -177,24 +197,37 @@ class GraphContext:
             self.graph.nodes.append(node)
             made.append(node)
         dead = self.drop_dead_constants(feeders)
+        self.release_unused()
         st = self.stats[rule]
         st.rewrites += 1
         st.nodes_removed += len(region) + dead - len(made)
         self.changed = True
         return made
 
-    @staticmethod
-    def disconnect(nodes: Iterable[gs.Node]) -> list[gs.Node]:
-        """Detach ``nodes``; return the Constant nodes that fed them."""
+    def disconnect(self, nodes: Iterable[gs.Node]) -> list[gs.Node]:
+        """Detach ``nodes``; return the Constant nodes that fed them.
+
+        Initializers nobody reads any more drop their loaded values at once (a region's old
+        weights would otherwise stay in memory until the end-of-sweep cleanup).
+        """
         feeders = {}
         for node in nodes:
             for t in node.inputs:
+                if isinstance(t, gs.Constant):
+                    self._maybe_unused[id(t)] = t
                 for p in t.inputs:
                     if p.op == "Constant":
                         feeders[id(p)] = p
             node.inputs.clear()
             node.outputs.clear()
         return list(feeders.values())
+
+    def release_unused(self) -> None:
+        """Free the loaded values of initializers that lost their last reader."""
+        for t in self._maybe_unused.values():
+            if not t.outputs and not self.is_graph_output(t) and not isinstance(t._values, _Released):
+                t._values = _Released(t)
+        self._maybe_unused.clear()
 
     def drop_dead_constants(self, feeders: Iterable[gs.Node]) -> int:
         """Detach Constant nodes nobody reads any more; return how many."""

@@ -51,42 +51,42 @@ class FoldConstants(Rule):
                 continue
             if node.op == "CastLike" and len(node.inputs) == 2:
                 # only the dtype of the second input matters
-                value, like = ctx.constant(node.inputs[0]), node.inputs[1]
-                dtype = like.dtype if ctx.constant(like) is None else ctx.constant(like).dtype
-                if value is not None and dtype is not None and value.size <= MAX_ELEMENTS:
+                info, like = ctx.constant_info(node.inputs[0]), node.inputs[1]
+                like_info = ctx.constant_info(like)
+                dtype = like.dtype if like_info is None else like_info[1]
+                if info is not None and dtype is not None and int(np.prod(info[0])) <= MAX_ELEMENTS:
                     try:
-                        cast = np.asarray(value).astype(np.dtype(dtype))
+                        cast = np.asarray(ctx.constant(node.inputs[0])).astype(np.dtype(dtype))
                     except TypeError:
                         continue
                     self._replace(ctx, node, [cast])
                 continue
-            if node.op == "Shape" and ctx.constant(node.inputs[0]) is not None:
+            if node.op == "Shape" and ctx.constant_info(node.inputs[0]) is not None:
                 # only the shape of the (possibly large) constant matters
-                dims = np.asarray(ctx.constant(node.inputs[0]).shape, dtype=np.int64)
+                dims = np.asarray(ctx.constant_info(node.inputs[0])[0], dtype=np.int64)
                 start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
                 self._replace(ctx, node, [dims[start:end]])
                 continue
-            values = []
-            for t in node.inputs:
-                v = None if ctx.is_absent(t) else ctx.constant(t)
-                if v is None and not ctx.is_absent(t):
-                    break
-                values.append(v)
-            else:
-                if sum(v.size for v in values if v is not None) > MAX_ELEMENTS:
-                    continue
-                try:
-                    results = evaluate(node, values, ctx.opset)
-                except Exception as exc:  # an op the reference cannot run: leave it
-                    ctx.decline(self.name, node, f"cannot evaluate: {str(exc).splitlines()[0][:120]}")
-                    continue
-                if sum(r.size for r in results) > MAX_ELEMENTS:
-                    continue
-                self._replace(ctx, node, results)
+            # check sizes before loading anything: weights stay unloaded unless they are folded
+            infos = [None if ctx.is_absent(t) else ctx.constant_info(t) for t in node.inputs]
+            if any(i is None and not ctx.is_absent(t) for i, t in zip(infos, node.inputs)):
+                continue
+            if sum(int(np.prod(i[0])) for i in infos if i is not None) > MAX_ELEMENTS:
+                continue
+            values = [None if i is None else ctx.constant(t) for i, t in zip(infos, node.inputs)]
+            try:
+                results = evaluate(node, values, ctx.opset)
+            except Exception as exc:  # an op the reference cannot run: leave it
+                ctx.decline(self.name, node, f"cannot evaluate: {str(exc).splitlines()[0][:120]}")
+                continue
+            if sum(r.size for r in results) > MAX_ELEMENTS:
+                continue
+            self._replace(ctx, node, results)
 
     def _replace(self, ctx: GraphContext, node: gs.Node, results: list[np.ndarray]) -> None:
         for t, r in zip(node.outputs, results):
             ctx.substitute(self.name, t, ctx.make_constant(t.name + "_folded", r))
         dead = ctx.drop_dead_constants(ctx.disconnect([node]))  # Constant nodes read only here die too
+        ctx.release_unused()
         ctx.stats[self.name].rewrites += 1
         ctx.stats[self.name].nodes_removed += 1 + dead
