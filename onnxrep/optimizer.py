@@ -188,8 +188,26 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
 
 
 def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str]) -> onnx.ModelProto:
-    """Export ``graph`` keeping the original model's header, metadata and overridable inputs."""
+    """Export ``graph`` keeping the original model's header, metadata and overridable inputs.
+
+    Large new weights are moved into the output one at a time (gs would first copy every one
+    into a TensorProto list and then again into the graph), so export needs about one extra
+    copy of the new weights, not two. ``graph`` must not be used afterwards.
+    """
+    stash = {}
+    for t in graph.tensors().values():
+        if (isinstance(t, gs.Constant) and isinstance(t._values, np.ndarray) and t._values.nbytes > 1 << 20
+                and t._values.dtype.kind in "fiub"):
+            stash[t.name] = t._values
+            t._values = np.zeros((), dtype=t._values.dtype)  # placeholder: dtype only
     out = gs.export_onnx(graph, do_type_check=False)
+    for init in out.graph.initializer:
+        values = stash.pop(init.name, None)
+        if values is not None:
+            del init.dims[:]
+            init.dims.extend(values.shape)
+            init.raw_data = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+            del values
     out.ir_version = original.ir_version
     del out.opset_import[:]
     out.opset_import.extend(original.opset_import)
