@@ -548,7 +548,14 @@ def main(argv=None) -> int:
                                    ([os.path.relpath(__file__, os.getcwd())] + list(sys.argv[1:] if argv is None else argv)))
         md = render_markdown(args, shape, cmd, started, wall, load_before, load_after, main_results,
                              main_tab, parity_tab, notes, text)
-        Path(args.output).write_text(md)
+        out = Path(args.output)
+        # keep sections other scripts own (benchmarks/large_model.py writes "## Large model ...")
+        kept = ""
+        if out.exists():
+            old = out.read_text()
+            i = old.find("\n## Large model")
+            kept = old[i:] if i >= 0 else ""
+        out.write_text(md.rstrip("\n") + "\n" + kept)
         _log(f"wrote {args.output}")
     return 0
 
