@@ -164,6 +164,8 @@ class CanonicalizeBorderFill(Rule):
                 if "no border writes" not in str(exc):
                     ctx.decline(self.name, pad, str(exc))
                 continue
+            if len(region) < 2:
+                continue  # Pad + one node: the canonical form (3 nodes) would not be smaller
             if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
                 ctx.decline(self.name, pad, "border fill after Pad: spatial size is dynamic, "
                                             "its semantics cannot be proven")
