@@ -233,6 +233,11 @@ def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str]) ->
     inputs.extend(exported.values())
     del out.graph.input[:]
     out.graph.input.extend(inputs)
+    # the interface is the original's, declarations included (gs re-derives them from tensors)
+    declared = {o.name: o for o in original.graph.output}
+    for o in out.graph.output:
+        if o.name in declared:
+            o.CopyFrom(declared[o.name])
     # shapes inferred for the rules' benefit are not ours to add to the output
     known = {v.name for v in original.graph.value_info}
     kept = [v for v in out.graph.value_info if v.name in known]

@@ -427,7 +427,8 @@ def _to_ortvalue(arr: Any) -> ort.OrtValue:
 
 def _from_ortvalue(value: ort.OrtValue) -> np.ndarray:
     try:
-        return value.numpy()
+        # a copy: an output that is also a graph input is a view of the caller's input buffer
+        return np.array(value.numpy(), copy=True)
     except RuntimeError:
         # e.g. bfloat16 / float8 outputs: copy the raw CPU buffer and view it.
         type_name = value.data_type()  # "tensor(bfloat16)"

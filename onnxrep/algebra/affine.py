@@ -23,9 +23,16 @@ def bn_affine(scale, bias, mean, var, epsilon: float) -> AffineForm:
     return AffineForm(s.reshape(-1), t.reshape(-1), rank=None, min_rank=0)
 
 
+def _same_channels(a: AffineForm, b: AffineForm) -> None:
+    ca, cb = a.channels, b.channels
+    if ca is not None and cb is not None and ca != cb:
+        raise NotRepresentable(f"per-channel constants of lengths {ca} and {cb} (one broadcasts along another axis)")
+
+
 def affine_then_affine(first: AffineForm, second: AffineForm) -> AffineForm:
     """``second(first(x))``."""
     rank, min_rank = merge_rank(first, second)
+    _same_channels(first, second)
     scale = f64(second.scale) * f64(first.scale)
     shift = f64(second.scale) * f64(first.shift) + f64(second.shift)
     if scale.ndim == 1 and shift.ndim == 0:
@@ -38,6 +45,7 @@ def affine_then_affine(first: AffineForm, second: AffineForm) -> AffineForm:
 def affine_sum(a: AffineForm, b: AffineForm, sign: float = 1.0) -> AffineForm:
     """``a(x) + sign * b(x)``."""
     rank, min_rank = merge_rank(a, b)
+    _same_channels(a, b)
     scale = f64(a.scale) + sign * f64(b.scale)
     shift = f64(a.shift) + sign * f64(b.shift)
     if scale.ndim != shift.ndim:

@@ -79,6 +79,8 @@ def constant_affine(ctx: GraphContext, node: gs.Node) -> tuple[gs.Tensor, Affine
     if not np.issubdtype(c.dtype, np.floating):
         raise NotRepresentable(f"{op} by a non-float constant")
     vec, rank, min_rank = channel_constant(c)
+    if x.shape is not None:  # the tensor's rank is known: the constant must broadcast along its channels
+        AffineForm(vec, vec, rank, min_rank).check_rank(len(x.shape))
     one, zero = np.ones_like(vec), np.zeros_like(vec)
     if op == "Mul":
         aff = AffineForm(vec, zero, rank, min_rank)
