@@ -129,7 +129,6 @@ def _error(message: str, code: int) -> int:
 
 
 def _run(args) -> int:
-    from .graph.io import InputError, OutputError
     from .pipeline import RulesFileError, VerificationFailed, load_rules_from, optimize_file
     from .summary import format_report
     from .verification import VerifyError, format_result, parse_input_shapes, verify

@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from .algebra import NotRepresentable

@@ -35,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union

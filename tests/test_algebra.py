@@ -32,33 +32,15 @@ from onnxrep.algebra import (
     identity,
     regroup,
 )
+from torch_ref import assert_close, run_conv, t64  # noqa: E402
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def t64(a) -> torch.Tensor:
-    return torch.from_numpy(np.array(a, dtype=np.float64, order="C", copy=True))
-
-
-def torch_pads(pads) -> list[int]:
-    """ONNX ``(b_1..b_n, e_1..e_n)`` -> ``F.pad``'s ``(b_n, e_n, b_{n-1}, e_{n-1}, ...)``."""
-    n = len(pads) // 2
-    out: list[int] = []
-    for ax in reversed(range(n)):
-        out += [int(pads[ax]), int(pads[n + ax])]
-    return out
-
-
-def run_conv(form: ConvForm, x: np.ndarray) -> np.ndarray:
-    xt = F.pad(t64(x), torch_pads(form.pads))
-    y = CONV[form.n_spatial](xt, t64(form.weight), t64(form.bias), stride=tuple(form.strides),
-                             padding=0, dilation=tuple(form.dilations), groups=form.groups)
-    return y.numpy()
 
 
 def run_affine(aff: AffineForm, x: np.ndarray) -> np.ndarray:
@@ -69,15 +51,6 @@ def run_affine(aff: AffineForm, x: np.ndarray) -> np.ndarray:
     s = s.reshape(shape) if s.ndim == 1 else s
     t = t.reshape(shape) if t.ndim == 1 else t
     return s * x + t
-
-
-def assert_close(actual, ref, rtol: float = 1e-9) -> None:
-    actual, ref = np.asarray(actual, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert actual.shape == ref.shape, (actual.shape, ref.shape)
-    assert ref.size > 0
-    err = float(np.max(np.abs(actual - ref)))
-    bound = rtol * (1.0 + float(np.max(np.abs(ref))))
-    assert err <= bound, f"max abs diff {err:.3e} > {bound:.3e}"
 
 
 def rand_conv(rng, n, cin, cout, groups, kernel, strides=None, pads=None, dilations=None, bias=True):

@@ -21,26 +21,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnxrep.algebra import ConvForm, NotRepresentable, avgpool, compose, is_pointwise, pad_pointwise
+from torch_ref import CONV, run_conv, t64, torch_pads  # noqa: E402
+from torch_ref import assert_close as _assert_close  # noqa: E402
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def t64(a) -> torch.Tensor:
-    return torch.from_numpy(np.array(a, dtype=np.float64, order="C", copy=True))
-
-
-def torch_pads(pads) -> list[int]:
-    """ONNX ``(b_1..b_n, e_1..e_n)`` -> ``F.pad``'s ``(b_n, e_n, b_{n-1}, e_{n-1}, ...)``."""
-    n = len(pads) // 2
-    out: list[int] = []
-    for ax in reversed(range(n)):
-        out += [int(pads[ax]), int(pads[n + ax])]
-    return out
 
 
 def pad_np(x: np.ndarray, pads, value=0.0) -> np.ndarray:
@@ -73,17 +63,8 @@ def conv_ref(x: np.ndarray, form: ConvForm, pads=None) -> np.ndarray:
                                 dilation=tuple(form.dilations), groups=form.groups).numpy()
 
 
-def run_conv(form: ConvForm, x: np.ndarray) -> np.ndarray:
-    return conv_ref(x, form)
-
-
 def assert_close(actual, ref, rtol: float = 1e-10) -> None:
-    actual, ref = np.asarray(actual, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert actual.shape == ref.shape, (actual.shape, ref.shape)
-    assert ref.size > 0
-    err = float(np.max(np.abs(actual - ref)))
-    bound = rtol * (1.0 + float(np.max(np.abs(ref))))
-    assert err <= bound, f"max abs diff {err:.3e} > {bound:.3e}"
+    _assert_close(actual, ref, rtol)
 
 
 def rand_conv(rng, cin, cout, groups, kernel, strides=None, pads=None, dilations=None, bias=True) -> ConvForm:

@@ -23,53 +23,14 @@ import pytest
 from onnx import helper
 
 from onnx_builders import GraphBuilder, initializer, node_ops, op_histogram
+from checks import COLLAPSE, assert_verifies, attr, conv_nodes, reasons, rule, run_opt
 from onnxrep import optimize, verify
 
-COLLAPSE = "collapse-linear-regions"
 BORDER = "canonicalize-border-fill"
 X = "x"
 
 
 # --------------------------------------------------------------------------- helpers
-def run_opt(model: onnx.ModelProto):
-    """optimize + checker on both sides + "the input model is not modified"."""
-    onnx.checker.check_model(model, full_check=True)
-    before = model.SerializeToString()
-    out, report = optimize(model)
-    assert model.SerializeToString() == before, "optimize() modified its input model"
-    onnx.checker.check_model(out, full_check=True)
-    assert report.before.nodes == len(model.graph.node) and report.after.nodes == len(out.graph.node)
-    return out, report
-
-
-def assert_verifies(ref, cand, **kw):
-    res = verify(ref, cand, **kw)
-    for d in res.outputs:
-        assert d.ref_max_abs > 0, f"degenerate test: output {d.name} is all zero"
-        assert d.max_abs <= 1e-4 * d.ref_max_abs, f"{d.name}: max abs err {d.max_abs:.3e} > 1e-4 * {d.ref_max_abs:.3e}"
-    assert res.passed
-    return res
-
-
-def rule(report, name):
-    found = [r for r in report.rules if r.name == name]
-    assert len(found) == 1, [r.name for r in report.rules]
-    return found[0]
-
-
-def reasons(report, name) -> list[str]:
-    return [d.reason for d in rule(report, name).declines]
-
-
-def conv_nodes(model):
-    return [n for n in model.graph.node if n.op_type == "Conv"]
-
-
-def attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def ints(g: GraphBuilder, *values) -> str:

@@ -15,60 +15,14 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from onnx_builders import GraphBuilder, dims, initializer, newest_ort_opset, node_ops, op_histogram
+from checks import COLLAPSE, assert_verifies, attr, conv_nodes, reasons, rewrites, rule, run_opt
 from onnxrep import optimize, verify
 
-COLLAPSE = "collapse-linear-regions"
 GEMM = "fold-bn-into-gemm"
 CONVT = "fold-bn-into-convtranspose"
 
 
 # --------------------------------------------------------------------------- helpers
-def run_opt(model: onnx.ModelProto, **kw):
-    """optimize + checker + "the input model is not modified"."""
-    onnx.checker.check_model(model, full_check=True)  # the test model itself is valid
-    before = model.SerializeToString()
-    out, report = optimize(model, **kw)
-    assert model.SerializeToString() == before, "optimize() modified its input model"
-    onnx.checker.check_model(out, full_check=True)
-    return out, report
-
-
-def assert_verifies(ref, cand, allow_zero=False, **kw):
-    res = verify(ref, cand, **kw)
-    for d in res.outputs:
-        if allow_zero and d.ref_max_abs == 0:  # random blocks may cancel (x - x), or Relu kills all
-            assert d.max_abs <= 1e-6, (d.name, d.max_abs)
-            continue
-        assert d.ref_max_abs > 0, f"degenerate test: output {d.name} is all zero"
-        assert d.max_abs <= 1e-4 * d.ref_max_abs, (
-            f"{d.name}: max abs err {d.max_abs:.3e} > 1e-4 * {d.ref_max_abs:.3e}")
-    assert res.passed
-    return res
-
-
-def rule(report, name):
-    found = [r for r in report.rules if r.name == name]
-    assert len(found) == 1, [r.name for r in report.rules]
-    return found[0]
-
-
-def rewrites(report) -> dict[str, int]:
-    return {r.name: r.rewrites for r in report.rules if r.rewrites}
-
-
-def reasons(report, name=COLLAPSE) -> list[str]:
-    return [d.reason for d in rule(report, name).declines]
-
-
-def conv_nodes(model):
-    return [n for n in model.graph.node if n.op_type == "Conv"]
-
-
-def attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def weight_of(model, node, i=1):

@@ -13,7 +13,7 @@ records the tensor rank that a broadcast constant required (``None`` when any ra
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -40,7 +40,6 @@ def compose(first: ConvForm, second: ConvForm) -> ConvForm:
         raise NotRepresentable("sequential convs have different spatial ranks")
     if first.out_channels != second.in_channels:
         raise NotRepresentable(f"channel mismatch: {first.out_channels} outputs feed {second.in_channels} inputs")
-    n = first.n_spatial
     if is_pointwise(first):
         _check_no_pad_after_crop(first.pads, second.pads)
         if any(second.pads) and np.any(f64(first.bias) != 0):

@@ -1,0 +1,40 @@
+"""float64 torch references for the algebra tests (ONNX pads, conv forms)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from onnxrep.algebra import ConvForm
+
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def t64(a) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float64, order="C", copy=True))
+
+
+def torch_pads(pads) -> list[int]:
+    """ONNX ``(b_1..b_n, e_1..e_n)`` -> ``F.pad``'s ``(b_n, e_n, b_{n-1}, e_{n-1}, ...)``."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for ax in reversed(range(n)):
+        out += [int(pads[ax]), int(pads[n + ax])]
+    return out
+
+
+def run_conv(form: ConvForm, x: np.ndarray) -> np.ndarray:
+    """``form`` on ``x``: F.pad with the form's ONNX pads (negative = crop), then the conv."""
+    xt = F.pad(t64(x), torch_pads(form.pads))
+    y = CONV[form.n_spatial](xt, t64(form.weight), t64(form.bias), stride=tuple(form.strides),
+                             padding=0, dilation=tuple(form.dilations), groups=form.groups)
+    return y.numpy()
+
+
+def assert_close(actual, ref, rtol: float = 1e-9) -> None:
+    actual, ref = np.asarray(actual, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert actual.shape == ref.shape, (actual.shape, ref.shape)
+    assert ref.size > 0
+    err = float(np.max(np.abs(actual - ref)))
+    bound = rtol * (1.0 + float(np.max(np.abs(ref))))
+    assert err <= bound, f"max abs diff {err:.3e} > {bound:.3e}"
