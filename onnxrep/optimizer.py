@@ -139,7 +139,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
 
     ``model`` itself is not modified. Rules run in priority order, sweep after sweep, until a
     sweep changes nothing (at most ``max_sweeps``). Verification is separate: see
-    ``onnxrep.verify.verify`` or ``onnxrep.optimize_file``.
+    ``onnxrep.verify`` or ``onnxrep.optimize_file``.
     """
     start = time.perf_counter()
     rule_list = resolve_rules(rules, include_defaults)
@@ -177,6 +177,9 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
             rep.nodes_removed += live - len(graph.nodes)
         if not ctx.changed:
             break
+    else:
+        if opset >= 11 and max_sweeps > 0:
+            notes.append(f"stopped after {max_sweeps} sweeps with rewrites still happening (--max-sweeps)")
     for name, declines in last_declines.items():
         totals[name].declines = declines
     graph.toposort()

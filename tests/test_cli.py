@@ -295,3 +295,41 @@ def test_custom_op_model_needs_no_verify(tmp_path, capsys):
     assert code == 0
     node = onnx.load(out).graph.node[1]
     assert (node.op_type, node.domain, node.attribute[0].f) == ("MyOp", "com.example", 0.5)
+
+
+def test_max_sweeps_limit_is_reported(tmp_path, capsys):
+    """A model needing two sweeps (border canonicalized, then collapsed) says when it was cut short."""
+    from onnxrep import optimize
+    g = _dbb_like_border_model()
+    out1, rep1 = optimize(g, max_sweeps=1)
+    out3, rep3 = optimize(g)
+    assert rep1.notes == ["stopped after 1 sweeps with rewrites still happening (--max-sweeps)"]
+    assert rep3.notes == [] and rep3.after.nodes < rep1.after.nodes
+    assert [n.op_type for n in out3.graph.node] == ["Conv"]
+    from onnxrep import verify
+    result = verify(g, out3)
+    assert result.max_abs <= 1e-4 * result.outputs[0].ref_max_abs
+
+
+def _dbb_like_border_model():
+    """x -> Conv1x1 -> Pad -> two border writes (Where) with the conv's bias -> Conv3x3."""
+    rng = np.random.default_rng(5)
+    c, h = 4, 6
+    b1 = rng.normal(size=c).astype(np.float32)
+    inside = np.zeros((1, 1, h + 2, h + 2), bool)
+    inside[..., 1:-1, 1:-1] = True
+    rows = np.zeros_like(inside)
+    rows[..., 1:-1, :] = True
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a), name)  # noqa: E731
+    inits = [f("w1", rng.normal(size=(c, c, 1, 1)).astype(np.float32)), f("b1", b1),
+             f("w3", rng.normal(size=(c, c, 3, 3)).astype(np.float32)),
+             f("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
+             f("rows", rows), f("inside", inside), f("v", b1.reshape(1, c, 1, 1))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["y"]),
+             helper.make_node("Pad", ["y", "pads"], ["p"], mode="constant"),
+             helper.make_node("Where", ["rows", "p", "v"], ["q1"]),
+             helper.make_node("Where", ["inside", "q1", "v"], ["q"]),
+             helper.make_node("Conv", ["q", "w3"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, c, h, h])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
