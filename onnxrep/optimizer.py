@@ -62,6 +62,21 @@ class Report:
 CLEANUP = "cleanup (unused nodes)"
 
 
+def subgraphs(graph: gs.Graph) -> list[gs.Graph]:
+    """Bodies of If / Loop / Scan nodes, nested ones included."""
+    found, stack = [], [graph]
+    while stack:
+        g = stack.pop()
+        for node in g.nodes:
+            for value in node.attrs.values():
+                bodies = value if isinstance(value, (list, tuple)) else [value]
+                for body in bodies:
+                    if isinstance(body, gs.Graph):
+                        found.append(body)
+                        stack.append(body)
+    return found
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -159,23 +174,29 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
         sweeps += 1
         graph.toposort()
         ctx = GraphContext(graph, opset, overridable, state)
+        contexts = [ctx] + [GraphContext(body, opset, overridable, state.setdefault(id(body), {}), ctx._names)
+                            for body in subgraphs(graph)]
         for rule in rule_list:
             if rule.applies_to(opset):
                 if progress:
                     progress(f"sweep {sweep + 1}: {rule.name or type(rule).__name__}")
-                rule.run(ctx)
-        for name, st in ctx.stats.items():
-            rep = totals.setdefault(name, RuleReport(name))
-            rep.rewrites += st.rewrites
-            rep.nodes_removed += st.nodes_removed
-        last_declines = {name: st.declines for name, st in ctx.stats.items()}
-        created += ctx.created
+                for c in contexts if not rule.whole_model else contexts[:1]:
+                    rule.run(c)
+        last_declines = {}
+        for c in contexts:
+            for name, st in c.stats.items():
+                rep = totals.setdefault(name, RuleReport(name))
+                rep.rewrites += st.rewrites
+                rep.nodes_removed += st.nodes_removed if c is ctx else 0  # counts are of the main graph
+                last_declines.setdefault(name, []).extend(st.declines)
+            created += c.created
+        changed = any(c.changed for c in contexts)
         live = sum(1 for n in graph.nodes if n.outputs)
         graph.cleanup(remove_unused_graph_inputs=False)
         if live != len(graph.nodes):  # nodes whose outputs nobody reads any more
             rep = totals.setdefault(CLEANUP, RuleReport(CLEANUP))
             rep.nodes_removed += live - len(graph.nodes)
-        if not ctx.changed:
+        if not changed:
             break
     else:
         if opset >= 11 and max_sweeps > 0:

@@ -163,13 +163,16 @@ class Rule:
     """Base of every rule. Subclasses set ``name`` and implement ``run(ctx)``.
 
     ``priority``: lower runs first in a sweep. ``min_opset``/``max_opset``: the default-domain
-    opsets the rule supports; outside them the driver skips it.
+    opsets the rule supports; outside them the driver skips it. Rules also run on the bodies of
+    If / Loop / Scan nodes unless ``whole_model`` is set.
     """
 
     name: str = ""
     priority: int = 100
     min_opset: int = 11
     max_opset: int | None = None
+    #: True for rules that need the whole model (they are not run inside If / Loop / Scan bodies)
+    whole_model: bool = False
 
     def applies_to(self, opset: int) -> bool:
         return opset >= self.min_opset and (self.max_opset is None or opset <= self.max_opset)

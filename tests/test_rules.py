@@ -1277,3 +1277,31 @@ def test_pad_then_unpadded_conv_verifies():
     out, _ = run_opt(m)
     assert len(out.graph.node) <= 2
     assert_verifies(m, out)
+
+
+def _repvgg_body(g: GraphBuilder, name: str, c: int, out: str) -> onnx.GraphProto:
+    """A RepVGG block on the outer tensor X, as an If branch (names drawn from ``g``: unique)."""
+    n0, i0 = len(g.nodes), len(g.inits)
+    s = g.node("Add", [g.conv(X, c, c, 3, pads=1), g.conv(X, c, c, 1)])
+    g.node("Relu", [g.node("Add", [s, g.bn(X, c)])], out)
+    nodes, inits = g.nodes[n0:], g.inits[i0:]
+    del g.nodes[n0:], g.inits[i0:]
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT,
+                                                                              [1, c, 6, 6])], inits)
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_if_bodies_are_optimized(cond):
+    c = 3
+    g = GraphBuilder(141)
+    then_g, else_g = _repvgg_body(g, "then", c, "t_out"), _repvgg_body(g, "else", c, "e_out")
+    g.nodes.append(helper.make_node("If", [g.init(np.array(cond), "cond")], ["z"], name="if",
+                                    then_branch=then_g, else_branch=else_g))
+    m = g.model({X: (1, c, 6, 6)}, ["z"])
+    out, rep = run_opt(m)
+    (if_node,) = out.graph.node
+    for branch in ("then_branch", "else_branch"):
+        body = attr(if_node, branch)
+        assert [n.op_type for n in body.node] == ["Conv", "Relu"], [n.op_type for n in body.node]
+    assert rewrites(rep) == {COLLAPSE: 2}
+    assert_verifies(m, out)

@@ -70,14 +70,16 @@ class GraphContext:
     they are never read as constants.
     """
 
-    def __init__(self, graph: gs.Graph, opset: int, overridable: Iterable[str] = (), state: dict | None = None):
+    def __init__(self, graph: gs.Graph, opset: int, overridable: Iterable[str] = (), state: dict | None = None,
+                 names: set[str] | None = None):
         self.graph = graph
         #: kept from sweep to sweep by the driver (rules may remember decisions there)
         self.state = {} if state is None else state
         self.opset = opset
         self.overridable = frozenset(overridable)
         self.stats: dict[str, RuleStats] = defaultdict(RuleStats)
-        self._names: set[str] = all_names(graph)
+        #: every name in the model (a subgraph's context shares its model's set)
+        self._names: set[str] = all_names(graph) if names is None else names
         self._output_names = {t.name for t in graph.outputs}
         self._counter = Counter()
         self.changed = False

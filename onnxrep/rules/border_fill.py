@@ -146,6 +146,7 @@ class CanonicalizeBorderFill(Rule):
     name = "canonicalize-border-fill"
     priority = 5
     probes = 2
+    whole_model = True  # the proof runs the model in onnxruntime
 
     def run(self, ctx: GraphContext) -> None:
         candidates = []
