@@ -33,7 +33,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from .algebra import NotRepresentable
-from .graph import Builder, GraphContext
+from .graph import Builder, GraphContext, is_onnx_op
 
 
 # ------------------------------------------------------------------ patterns
@@ -138,7 +138,7 @@ def _match_tensor(pat: Pattern, t: gs.Tensor | None, m: Match) -> bool:
 
 def match_node(pat: OpPattern, node: gs.Node, m: Match) -> bool:
     """Match ``pat`` rooted at ``node``, extending ``m``; restores ``m`` on failure."""
-    if node.op not in pat.op_types or node.domain not in ("", "ai.onnx", None):
+    if node.op not in pat.op_types or not is_onnx_op(node):
         return False
     inputs = list(node.inputs)
     if len(inputs) > len(pat.inputs):

@@ -20,6 +20,19 @@ import numpy as np
 from .errors import NotRepresentable
 
 
+def cast_back(dtype, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The float64 results cast to the model's ``dtype``; ``NotRepresentable`` if any overflows it.
+
+    A merged float16 weight past 65504 would otherwise be written as inf.
+    """
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = [np.asarray(a).astype(dtype) for a in arrays]
+    if not all(np.all(np.isfinite(c)) for c in cast if c.dtype.kind == "f"):
+        raise NotRepresentable(f"merged weights overflow {dtype.name}")
+    return cast
+
+
 def f64(a) -> np.ndarray:
     """View ``a`` as float64 (copies only when the dtype differs)."""
     return np.asarray(a, dtype=np.float64)

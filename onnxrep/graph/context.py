@@ -17,6 +17,11 @@ import onnx_graphsurgeon as gs
 from ..algebra import NotRepresentable
 
 
+def is_onnx_op(node: gs.Node) -> bool:
+    """True for nodes of the default (ai.onnx) domain; rules never touch other domains."""
+    return node.domain in ("", "ai.onnx", None)
+
+
 def all_names(graph: gs.Graph) -> set[str]:
     """Tensor and node names of ``graph`` and of every subgraph (If / Loop / Scan bodies)."""
     names: set[str] = set()
@@ -97,7 +102,7 @@ class GraphContext:
         """Live nodes, optionally only of the given op types (ai.onnx domain), in graph order."""
         wanted = set(op_types)
         return [n for n in self.graph.nodes
-                if n.outputs and (not wanted or (n.op in wanted and n.domain in ("", "ai.onnx", None)))]
+                if n.outputs and (not wanted or (n.op in wanted and is_onnx_op(n)))]
 
     @staticmethod
     def producer(tensor: gs.Tensor) -> gs.Node | None:
@@ -140,7 +145,7 @@ class GraphContext:
         if isinstance(tensor, gs.Constant):
             return tensor.values
         node = self.producer(tensor)
-        if node is not None and node.op == "Constant" and node.domain in ("", "ai.onnx", None):
+        if node is not None and node.op == "Constant" and is_onnx_op(node):
             a = node.attrs
             if "value" in a and isinstance(a["value"], gs.Constant):
                 return a["value"].values

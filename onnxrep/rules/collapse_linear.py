@@ -32,8 +32,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..algebra import (AffineForm, ConvForm, NotRepresentable, add, affine_as_conv, affine_sum,
-                       affine_then_affine, affine_then_conv, avgpool, compose, conv_then_affine, pad_pointwise)
-from ..graph import Builder, GraphContext
+                       affine_then_affine, affine_then_conv, avgpool, cast_back, compose, conv_then_affine, pad_pointwise)
+from ..graph import Builder, GraphContext, is_onnx_op
 from ..pattern import Rule
 from .linear_ops import avgpool_params, bn_form, constant_affine, conv_form, spatial_crop, spatial_pads
 
@@ -89,12 +89,13 @@ def as_conv(form, channels: int | None, n_spatial: int) -> ConvForm:
     return affine_as_conv(form, channels, n_spatial)
 
 
-def channels_of(form, root: gs.Tensor) -> int | None:
+def channels_of(form, tensor: gs.Tensor) -> int | None:
+    """Channels of ``tensor``, the output of ``form``: from the form, else from the tensor's shape."""
     if isinstance(form, ConvForm):
         return form.out_channels
     if form.channels is not None:
         return form.channels
-    shape = root.shape
+    shape = tensor.shape
     if shape is not None and len(shape) > 1 and isinstance(shape[1], int):
         return shape[1]
     return None
@@ -159,7 +160,7 @@ class _Walk:
         return Expr.leaf(t)
 
     def visit(self, node: gs.Node) -> None:
-        if node.domain not in ("", "ai.onnx", None):
+        if not is_onnx_op(node):
             return
         if len([t for t in node.outputs if t.name]) != 1 or not node.outputs[0].name:
             if node.op == "BatchNormalization":
@@ -235,9 +236,7 @@ class _Walk:
     def avgpool(self, node: gs.Node) -> Expr:
         kernel, strides, pads, include_pad = avgpool_params(node)
         inner = self.operand(node.inputs[0])
-        channels = channels_of(inner.form, inner.root if inner.trivial else inner.sink)
-        if channels is None:
-            channels = channels_of(inner.form, node.inputs[0])
+        channels = channels_of(inner.form, node.inputs[0])
         if channels is None:
             raise NotRepresentable("AveragePool channel count unknown (no shape information)")
         pool = avgpool(channels, kernel, strides, pads, include_pad)
@@ -253,11 +252,7 @@ class _Walk:
         """Pad (``value`` given) or crop (``value`` None) of a pointwise form's output."""
         x = node.inputs[0]
         inner = self.operand(x)
-        n = len(pads) // 2
-        channels = channels_of(inner.form, inner.root)
-        if channels is None:
-            channels = channels_of(inner.form, x)
-        form = as_conv(inner.form, channels, n)
+        form = as_conv(inner.form, channels_of(inner.form, x), len(pads) // 2)
         border = form.bias if value is None or all(p <= 0 for p in pads) else value
         padded = pad_pointwise(form, pads, border, rtol=precision_rtol(x.dtype))
         if inner.trivial:
@@ -307,11 +302,7 @@ class _Walk:
         f = expr.form
         if any(p < 0 for p in f.pads):
             raise NotRepresentable("the merged conv would need negative padding")
-        dtype = np.dtype(expr.dtype or np.float32)
-        with np.errstate(over="ignore", invalid="ignore"):
-            w, b = f.weight.astype(dtype), f.bias.astype(dtype)
-        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
-            raise NotRepresentable(f"merged weights overflow {dtype.name}")
+        w, b = cast_back(expr.dtype or np.float32, f.weight, f.bias)
         builder = Builder(self.ctx, expr.nodes[-1].name or "conv")
         attrs = {"kernel_shape": list(f.kernel_shape), "strides": list(f.strides), "pads": list(f.pads),
                  "dilations": list(f.dilations), "group": f.groups}

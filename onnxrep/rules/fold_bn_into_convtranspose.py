@@ -6,9 +6,7 @@ ConvTranspose weights are laid out ``(I, O/g, k...)``: ``W[i, j]`` feeds output 
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ..algebra import NotRepresentable, convtranspose_then_affine
+from ..algebra import cast_back, convtranspose_then_affine
 from ..pattern import PatternRule, const, op, var
 from .linear_ops import bn_form
 
@@ -25,9 +23,6 @@ class FoldBatchNormIntoConvTranspose(PatternRule):
         aff = bn_form(m.ctx, m.node("bn"))
         groups = int(convt.attrs.get("group", 1))
         w, bias = convtranspose_then_affine(m["w"], m["b"], groups, aff)
-        dtype = m["w"].dtype
-        w, bias = w.astype(dtype), bias.astype(dtype)
-        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(bias))):
-            raise NotRepresentable(f"folded weights overflow {dtype}")
+        w, bias = cast_back(m["w"].dtype, w, bias)
         b.op("ConvTranspose", [m["x"], b.const("weight", w), b.const("bias", bias)], outputs=[m.output],
              attrs=dict(convt.attrs))

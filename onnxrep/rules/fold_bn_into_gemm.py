@@ -6,9 +6,7 @@ Gemm with ``alpha = 1`` and no ``C``; BN normalizes axis 1, so the MatMul output
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ..algebra import NotRepresentable, gemm_then_affine
+from ..algebra import cast_back, gemm_then_affine
 from ..pattern import PatternRule, const, op, var
 from .linear_ops import bn_form
 
@@ -38,9 +36,6 @@ class FoldBatchNormIntoGemm(PatternRule):
         beta = float(attrs.get("beta", 1.0))
         trans_b = bool(attrs.get("transB", 0))
         new_b, new_c = gemm_then_affine(m["b"], m["c"], alpha, beta, trans_b, aff)
-        dtype = m["b"].dtype
-        cast_b, cast_c = new_b.astype(dtype), new_c.astype(dtype)
-        if not (np.all(np.isfinite(cast_b)) and np.all(np.isfinite(cast_c))):
-            raise NotRepresentable(f"folded weights overflow {dtype}")
+        cast_b, cast_c = cast_back(m["b"].dtype, new_b, new_c)
         attrs.update(alpha=alpha, beta=1.0)
         b.op("Gemm", [m["a"], b.const("weight", cast_b), b.const("bias", cast_c)], outputs=[m.output], attrs=attrs)

@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 
-from ..graph import GraphContext
+from ..graph import GraphContext, is_onnx_op
 from ..pattern import Rule
 
 MAX_ELEMENTS = 1 << 20
@@ -43,7 +43,7 @@ class FoldConstants(Rule):
 
     def run(self, ctx: GraphContext) -> None:
         for node in ctx.nodes():
-            if node.op in NEVER or node.domain not in ("", "ai.onnx", None) or not node.inputs:
+            if node.op in NEVER or not is_onnx_op(node) or not node.inputs:
                 continue
             if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
                 continue
