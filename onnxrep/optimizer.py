@@ -170,6 +170,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     created: list[dict] = []
     state: dict = {}
     last_declines: dict[str, list[Decline]] = {}
+    changed = True
     for sweep in range(max_sweeps if opset >= 11 else 0):
         sweeps += 1
         graph.toposort()
@@ -203,7 +204,8 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
             notes.append(f"stopped after {max_sweeps} sweeps with rewrites still happening (--max-sweeps)")
     for name, declines in last_declines.items():
         totals[name].declines = declines
-    graph.toposort()
+    if sweeps and changed:  # the sweep limit stopped a changing graph: sort it once more
+        graph.toposort()
     out = export(graph, model, overridable)
     final = {n.name for n in out.graph.node}
     report = Report(before, graph_stats(out), list(totals.values()), sweeps, time.perf_counter() - start, opset,

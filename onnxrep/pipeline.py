@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .graph.io import InputError, OutputError, PendingOutput, file_has_external_data, load_model, same_file
+from .graph.io import InputError, OutputError, PendingOutput, load_model, same_file
 from .optimizer import Report, optimize
 from .pattern import PatternRule, Rule
 from .verification import VerifyError, verify
@@ -64,8 +64,8 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
     """
     if dest is not None and same_file(src, dest):
         raise OutputError(f"{dest}: output path is the input path (choose another output file)")
-    model = load_model(src)
-    external = True if file_has_external_data(src) else None  # keep external data; None: by size
+    model, had_external = load_model(src)
+    external = True if had_external else None  # keep external data; None: decide by size
     optimized, report = optimize(model, rules, include_defaults=include_defaults, max_sweeps=max_sweeps,
                                  progress=progress)
     del model

@@ -41,8 +41,11 @@ def has_external_data(model: onnx.ModelProto) -> bool:
     return any(uses_external_data(t) for t in model.graph.initializer)
 
 
-def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
-    """Load ``path`` with its external data; raise ``InputError`` with a one-line reason."""
+def load_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelProto, bool]:
+    """Load ``path`` with its external data; raise ``InputError`` with a one-line reason.
+
+    Returns the model and whether the file kept tensors in external data.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file")
@@ -60,7 +63,8 @@ def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
         raise InputError(f"{p}: not an ONNX model ({_first_line(exc)})") from None
     if not model.HasField("graph") or not len(model.opset_import) or model.ir_version <= 0:
         raise InputError(f"{p}: not an ONNX model (no graph, opset or IR version)")
-    if has_external_data(model):
+    external = has_external_data(model)
+    if external:
         for t in model.graph.initializer:
             if uses_external_data(t):
                 loc = next((e.value for e in t.external_data if e.key == "location"), None)
@@ -75,12 +79,7 @@ def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
             onnx.checker.check_model(str(p))
         except Exception as exc:
             raise InputError(f"{p}: invalid ONNX model: {_first_line(exc)}") from None
-    return model
-
-
-def file_has_external_data(path: str | os.PathLike) -> bool:
-    """Whether the model file at ``path`` keeps (some of) its tensors in external data files."""
-    return has_external_data(onnx.load(str(path), load_external_data=False))
+    return model, external
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

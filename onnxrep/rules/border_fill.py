@@ -23,7 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..algebra import NotRepresentable
-from ..graph import Builder, GraphContext
+from ..graph import Builder, GraphContext, is_onnx_op
 from ..pattern import Rule
 from .linear_ops import spatial_pads
 
@@ -56,7 +56,7 @@ def data_free(ctx: GraphContext, tensor: gs.Tensor, memo: dict) -> bool:
             stack.pop()
             continue
         node = ctx.producer(t)
-        if node is None or node.domain not in ("", "ai.onnx", None) or any(
+        if node is None or not is_onnx_op(node) or any(
                 isinstance(v, gs.Graph) for v in node.attrs.values()):
             memo[id(t)] = False
             stack.pop()
@@ -150,6 +150,7 @@ class CanonicalizeBorderFill(Rule):
 
     def run(self, ctx: GraphContext) -> None:
         candidates = []
+        unproven = ctx.state.setdefault(self.name + ":unproven", {})  # id(pad) -> (pad, reason)
         memo: dict = {}
         top_level = {id(n) for n in ctx.graph.nodes}
         for pad in ctx.nodes("Pad"):
@@ -171,6 +172,9 @@ class CanonicalizeBorderFill(Rule):
                 ctx.decline(self.name, pad, "border fill after Pad: spatial size is dynamic, "
                                             "its semantics cannot be proven")
                 continue
+            if id(pad) in unproven:  # the evaluation is the costly part: do it once per Pad
+                ctx.decline(self.name, pad, unproven[id(pad)][1])
+                continue
             candidates.append((pad, pads, y, region, exit_))
         if not candidates:
             return
@@ -184,6 +188,7 @@ class CanonicalizeBorderFill(Rule):
             try:
                 v = border_values(runs, pads)
             except NotRepresentable as exc:
+                unproven[id(pad)] = (pad, str(exc))
                 ctx.decline(self.name, pad, str(exc))
                 continue
             b = Builder(ctx, pad.name or "border")
