@@ -60,15 +60,6 @@ OPT_REPEATS = 3
 
 # --------------------------------------------------------------------------- helpers
 
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad shape {text!r}; expected e.g. 1x3x224x224") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise argparse.ArgumentTypeError(f"bad shape {text!r}")
-    return shape
-
 
 def _cpu_model() -> str:
     try:
@@ -432,13 +423,13 @@ def reading(results: list[Result], parity: list[Result]) -> str:
 
 def main(argv=None) -> int:
     global PARITY_THRESHOLD_PCT
-    from models.export import MODELS, build
+    from models.export import MODELS, build, shape_arg
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
                     help=f"networks from models.export.MODELS (default: {' '.join(DEFAULT_MODELS)}; known: "
                          f"{', '.join(MODELS)})")
-    ap.add_argument("--input-shape", type=_shape, default=DEFAULT_SHAPE, help="default 1x3x224x224")
+    ap.add_argument("--input-shape", type=shape_arg, default=DEFAULT_SHAPE, help="default 1x3x224x224")
     ap.add_argument("--exporter", choices=list(EXPORT_MODES), default="legacy",
                     help="export mode for the latency table (nofold = legacy without constant folding)")
     ap.add_argument("--rounds", type=int, default=None,

@@ -5,17 +5,7 @@ import argparse
 import sys
 import time
 
-from .export import MODELS, build, export_onnx
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad shape {text!r}; expected e.g. 1,3,64,64") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise argparse.ArgumentTypeError(f"bad shape {text!r}")
-    return shape
+from .export import MODELS, build, export_onnx, shape_arg as _shape
 
 
 def main(argv=None) -> int:

@@ -77,6 +77,18 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
 ]}
 
 
+def shape_arg(text: str) -> tuple[int, ...]:
+    """argparse type for shapes written ``1,3,64,64`` or ``1x3x64x64``."""
+    import argparse
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}; expected e.g. 1,3,64,64") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}")
+    return shape
+
+
 def _spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
