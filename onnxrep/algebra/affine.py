@@ -58,9 +58,8 @@ def conv_then_affine(conv: ConvForm, affine: AffineForm) -> ConvForm:
     """``affine(conv(x))``: scale each output channel's kernel and bias."""
     affine.check_rank(conv.rank)
     s, t = affine.vectors(conv.out_channels)
-    w = f64(conv.weight) * s.reshape((-1,) + (1,) * (conv.weight.ndim - 1))
     b = f64(conv.bias) * s + t
-    return conv.with_params(w, b)
+    return conv.deferred(conv.weight_shape, lambda: f64(conv.weight) * s.reshape((-1,) + (1,) * (conv.rank - 1)), b)
 
 
 def affine_then_conv(affine: AffineForm, conv: ConvForm) -> ConvForm:
@@ -72,17 +71,17 @@ def affine_then_conv(affine: AffineForm, conv: ConvForm) -> ConvForm:
     s, t = affine.vectors(conv.in_channels)
     if any(p != 0 for p in conv.pads) and np.any(t != 0):
         raise NotRepresentable("affine with a non-zero shift before a zero-padding conv is not a conv")
-    g, ig = conv.groups, conv.weight.shape[1]
+    g, ig = conv.groups, conv.weight_shape[1]
     og = conv.out_channels // g
-    w = f64(conv.weight)
+    grouped = (g, og, ig) + conv.kernel_shape
     spatial = (1,) * conv.n_spatial
     # input channel of W[o, j] is (o // og) * ig + j
-    s_g = s.reshape(g, 1, ig)
+    s_g = s.reshape((g, 1, ig) + spatial)
     t_g = t.reshape(g, 1, ig)
-    wg = w.reshape((g, og, ig) + conv.kernel_shape)
-    new_w = (wg * s_g.reshape(s_g.shape + spatial)).reshape(w.shape)
-    shift = (wg.sum(axis=tuple(range(3, wg.ndim))) * t_g).sum(axis=2).reshape(-1)
-    return conv.with_params(new_w, f64(conv.bias) + shift)
+    sums = np.asarray(conv.weight).reshape(grouped).sum(axis=tuple(range(3, 3 + conv.n_spatial)), dtype=np.float64)
+    shift = (sums * t_g).sum(axis=2).reshape(-1)
+    return conv.deferred(conv.weight_shape, lambda: (f64(conv.weight).reshape(grouped) * s_g).reshape(conv.weight_shape),
+                         f64(conv.bias) + shift)
 
 
 def affine_as_conv(affine: AffineForm, channels: int, n_spatial: int) -> ConvForm:

@@ -31,16 +31,19 @@ def regroup(conv: ConvForm, groups: int) -> ConvForm:
     if groups < 1 or g_old % groups:
         raise NotRepresentable(f"cannot rewrite groups={g_old} as groups={groups}")
     out_c, in_c = conv.out_channels, conv.in_channels
-    og_old, ig_old = out_c // g_old, conv.weight.shape[1]
-    og_new, ig_new = out_c // groups, in_c // groups
-    w_old = f64(conv.weight)
-    w = np.zeros((out_c, ig_new) + conv.kernel_shape)
+    og_old, ig_old = out_c // g_old, conv.weight_shape[1]
+    ig_new = in_c // groups
     per_new = g_old // groups  # old groups inside each new group
-    for j in range(g_old):
-        offset = (j % per_new) * ig_old
-        w[j * og_old:(j + 1) * og_old, offset:offset + ig_old] = w_old[j * og_old:(j + 1) * og_old]
-    assert og_new * groups == out_c
-    return ConvForm(w, f64(conv.bias), conv.strides, conv.pads, conv.dilations, groups)
+
+    def weight():
+        w_old = f64(conv.weight)
+        w = np.zeros((out_c, ig_new) + conv.kernel_shape)
+        for j in range(g_old):
+            offset = (j % per_new) * ig_old
+            w[j * og_old:(j + 1) * og_old, offset:offset + ig_old] = w_old[j * og_old:(j + 1) * og_old]
+        return w
+
+    return conv.deferred((out_c, ig_new) + conv.kernel_shape, weight, f64(conv.bias), groups=groups)
 
 
 def add(a: ConvForm, b: ConvForm, sign: float = 1.0) -> ConvForm:
@@ -85,13 +88,18 @@ def add(a: ConvForm, b: ConvForm, sign: float = 1.0) -> ConvForm:
         offsets.append((oa, ob))
     groups = math.gcd(a.groups, b.groups)
     a, b = regroup(a, groups), regroup(b, groups)
-    w = np.zeros((a.out_channels, a.weight.shape[1]) + tuple(kernel))
-    for form, which, sgn in ((a, 0, 1.0), (b, 1, sign)):
-        idx = (slice(None), slice(None)) + tuple(
-            slice(offsets[ax][which], offsets[ax][which] + form.kernel_shape[ax]) for ax in range(n))
-        w[idx] += sgn * f64(form.weight)
+
+    def weight():
+        w = np.zeros((a.out_channels, a.weight_shape[1]) + tuple(kernel))
+        for form, which, sgn in ((a, 0, 1.0), (b, 1, sign)):
+            idx = (slice(None), slice(None)) + tuple(
+                slice(offsets[ax][which], offsets[ax][which] + form.kernel_shape[ax]) for ax in range(n))
+            w[idx] += sgn * f64(form.weight)
+        return w
+
     bias = f64(a.bias) + sign * f64(b.bias)
-    return ConvForm(w, bias, tuple(strides), tuple(begins) + tuple(ends), tuple(dilations), groups)
+    return a.deferred((a.out_channels, a.weight_shape[1]) + tuple(kernel), weight, bias, strides=tuple(strides),
+                      pads=tuple(begins) + tuple(ends), dilations=tuple(dilations), groups=groups)
 
 
 def identity(channels: int, n_spatial: int, groups: int | None = None) -> ConvForm:

@@ -38,9 +38,40 @@ def f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
+class Deferred:
+    """A weight computed on first use; its ``shape`` is known up front.
+
+    The region collapse weighs many exact merges and writes few: a merged form's geometry and
+    bias are computed at once (cheap), its weight only when someone reads it. A rejected merge
+    of a depthwise 7x7 and a 1x1 expansion never builds its dense 7x7 kernel.
+    """
+    __slots__ = ("shape", "_compute", "_value")
+
+    def __init__(self, shape, compute):
+        self.shape = tuple(int(d) for d in shape)
+        self._compute = compute
+        self._value = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def computed(self) -> bool:
+        return self._value is not None
+
+    def get(self) -> np.ndarray:
+        if self._value is None:
+            value = self._compute()
+            if tuple(value.shape) != self.shape:
+                raise AssertionError(f"deferred weight has shape {value.shape}, expected {self.shape}")
+            self._value, self._compute = value, None
+        return self._value
+
+
 @dataclass(frozen=True)
 class ConvForm:
-    weight: np.ndarray
+    raw_weight: np.ndarray | Deferred
     bias: np.ndarray
     strides: tuple[int, ...]
     pads: tuple[int, ...]
@@ -48,31 +79,41 @@ class ConvForm:
     groups: int = 1
 
     def __post_init__(self):
-        n = self.weight.ndim - 2
+        n = len(self.weight_shape) - 2
         if n < 1:
-            raise NotRepresentable(f"conv weight must have rank >= 3, got {self.weight.shape}")
+            raise NotRepresentable(f"conv weight must have rank >= 3, got {self.weight_shape}")
         if len(self.strides) != n or len(self.dilations) != n or len(self.pads) != 2 * n:
             raise NotRepresentable("strides/dilations/pads do not match the kernel rank")
-        if self.bias.shape != (self.weight.shape[0],):
-            raise NotRepresentable(f"bias shape {self.bias.shape} does not match {self.weight.shape[0]} outputs")
-        if self.groups < 1 or self.weight.shape[0] % self.groups:
-            raise NotRepresentable(f"{self.weight.shape[0]} output channels not divisible by groups={self.groups}")
+        if self.bias.shape != (self.weight_shape[0],):
+            raise NotRepresentable(f"bias shape {self.bias.shape} does not match {self.weight_shape[0]} outputs")
+        if self.groups < 1 or self.weight_shape[0] % self.groups:
+            raise NotRepresentable(f"{self.weight_shape[0]} output channels not divisible by groups={self.groups}")
+
+    @property
+    def weight(self) -> np.ndarray:
+        """``(O, I/g, k...)``; a deferred weight is computed here, once."""
+        w = self.raw_weight
+        return w.get() if isinstance(w, Deferred) else w
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return tuple(self.raw_weight.shape)
 
     @property
     def n_spatial(self) -> int:
-        return self.weight.ndim - 2
+        return len(self.weight_shape) - 2
 
     @property
     def out_channels(self) -> int:
-        return self.weight.shape[0]
+        return self.weight_shape[0]
 
     @property
     def in_channels(self) -> int:
-        return self.weight.shape[1] * self.groups
+        return self.weight_shape[1] * self.groups
 
     @property
     def kernel_shape(self) -> tuple[int, ...]:
-        return tuple(self.weight.shape[2:])
+        return self.weight_shape[2:]
 
     @property
     def rank(self) -> int:
@@ -86,7 +127,7 @@ class ConvForm:
         if bias is None:
             bias = np.zeros(weight.shape[0], dtype=np.float64)
         return cls(
-            weight=weight,
+            weight,
             bias=np.asarray(bias).reshape(-1),
             strides=tuple(int(s) for s in (strides or (1,) * n)),
             pads=tuple(int(p) for p in (pads or (0,) * (2 * n))),
@@ -96,6 +137,12 @@ class ConvForm:
 
     def with_params(self, weight, bias) -> "ConvForm":
         return ConvForm(weight, bias, self.strides, self.pads, self.dilations, self.groups)
+
+    def deferred(self, shape, compute, bias, **geometry) -> "ConvForm":
+        """A form of this geometry (overridden by ``geometry``) with weight ``compute()`` of ``shape``."""
+        fields = dict(strides=self.strides, pads=self.pads, dilations=self.dilations, groups=self.groups)
+        fields.update(geometry)
+        return ConvForm(Deferred(shape, compute), bias, **fields)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .branches import regroup
 from .errors import NotRepresentable
-from .forms import ConvForm, f64
+from .forms import ConvForm, Deferred, f64
 
 
 def is_pointwise(conv: ConvForm) -> bool:
@@ -52,19 +52,26 @@ def compose(first: ConvForm, second: ConvForm) -> ConvForm:
     else:
         raise NotRepresentable("only 1x1 -> KxK and KxK -> 1x1 (stride 1, no padding) sequences merge")
     g = math.gcd(first.groups, second.groups)
-    a, b = regroup(first, g), regroup(second, g)
-    out_c, in_c, mid = b.out_channels, a.in_channels, a.out_channels
-    w1 = f64(a.weight).reshape((g, mid // g, in_c // g) + a.kernel_shape)
-    w2 = f64(b.weight).reshape((g, out_c // g, mid // g) + b.kernel_shape)
-    if is_pointwise(first):  # W[g, o, i, k] = sum_m W2[g, o, m, k] W1[g, m, i]
-        k2 = np.moveaxis(w2.reshape(g, out_c // g, mid // g, -1), 3, 1)          # (g, K, o, m)
-        w = np.moveaxis(k2 @ w1.reshape(g, 1, mid // g, in_c // g), 1, 3)          # (g, o, i, K)
-    else:  # W[g, o, i, k] = sum_m Q[g, o, m] W1[g, m, i, k]
-        w = w2.reshape(g, out_c // g, mid // g) @ w1.reshape(g, mid // g, -1)     # (g, o, i*K)
-    w = w.reshape((out_c, in_c // g) + kernel)
-    bias = f64(b.bias) + (w2.sum(axis=tuple(range(3, w2.ndim))) * f64(a.bias).reshape(g, 1, mid // g)).sum(
-        axis=2).reshape(-1)
-    return ConvForm(w, bias, tuple(strides), tuple(pads), tuple(dilations), g)
+    out_c, in_c, mid = second.out_channels, first.in_channels, first.out_channels
+    # b = b2 + sum_{m,k} W2[o, m, k] b1[m], read in the second conv's own groups
+    g2, ig2 = second.groups, second.weight_shape[1]
+    w2_sums = np.asarray(second.weight).reshape(out_c, ig2, -1).sum(axis=2, dtype=np.float64)
+    b1 = f64(first.bias).reshape(g2, 1, ig2)
+    bias = f64(second.bias) + (w2_sums.reshape(g2, out_c // g2, ig2) * b1).sum(axis=2).reshape(-1)
+
+    def weight():
+        a, b = regroup(first, g), regroup(second, g)
+        w1 = f64(a.weight).reshape((g, mid // g, in_c // g) + a.kernel_shape)
+        w2 = f64(b.weight).reshape((g, out_c // g, mid // g) + b.kernel_shape)
+        if is_pointwise(first):  # W[g, o, i, k] = sum_m W2[g, o, m, k] W1[g, m, i]
+            k2 = np.moveaxis(w2.reshape(g, out_c // g, mid // g, -1), 3, 1)          # (g, K, o, m)
+            w = np.moveaxis(k2 @ w1.reshape(g, 1, mid // g, in_c // g), 1, 3)          # (g, o, i, K)
+        else:  # W[g, o, i, k] = sum_m Q[g, o, m] W1[g, m, i, k]
+            w = w2.reshape(g, out_c // g, mid // g) @ w1.reshape(g, mid // g, -1)     # (g, o, i*K)
+        return w.reshape((out_c, in_c // g) + kernel)
+
+    return ConvForm(Deferred((out_c, in_c // g) + kernel, weight), bias, tuple(strides), tuple(pads),
+                    tuple(dilations), g)
 
 
 def pad_pointwise(conv: ConvForm, pads, value, rtol: float = 1e-5) -> ConvForm:
@@ -88,7 +95,7 @@ def pad_pointwise(conv: ConvForm, pads, value, rtol: float = 1e-5) -> ConvForm:
         scale = np.abs(bias).max(initial=0) + np.abs(f64(conv.weight)).reshape(conv.out_channels, -1).sum(1).max()
         if np.abs(border - bias).max(initial=0) > rtol * scale + 1e-12:
             raise NotRepresentable("the padding value is not the map's value at zero input")
-    return ConvForm(conv.weight, conv.bias, conv.strides, tuple(a + b for a, b in zip(conv.pads, pads)),
+    return ConvForm(conv.raw_weight, conv.bias, conv.strides, tuple(a + b for a, b in zip(conv.pads, pads)),
                     conv.dilations, conv.groups)
 
 
