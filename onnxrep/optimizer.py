@@ -8,9 +8,9 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx.external_data_helper import uses_external_data
 
 from .graph import Decline, GraphContext
+from .graph.shapes import inferred_shapes
 from .pattern import Rule
 from .stats import GraphStats, graph_stats
 
@@ -88,39 +88,6 @@ def overridable_initializers(model: onnx.ModelProto) -> set[str]:
     """Initializers also listed as graph inputs: the caller may feed them, so never fold them."""
     inits = {t.name for t in model.graph.initializer}
     return {i.name for i in model.graph.input if i.name in inits}
-
-
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-
-
-def inferred_shapes(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Shapes of intermediate tensors by ONNX shape inference, without copying the weights.
-
-    Inference runs on a skeleton of the model whose large float initializers keep their dims
-    but no data (inference needs dims, not values). Returns ``{}`` when inference fails: shapes
-    help rules, never gate them.
-    """
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    g, src = skeleton.graph, model.graph
-    g.node.extend(src.node)
-    g.input.extend(src.input)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    for t in src.initializer:
-        if t.data_type in FLOAT_TYPES and (len(t.dims) and int(np.prod(t.dims)) > 1024 or uses_external_data(t)):
-            stub = g.initializer.add()
-            stub.name, stub.data_type = t.name, t.data_type
-            stub.dims.extend(t.dims)
-        else:
-            g.initializer.append(t)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=False)
-    except Exception:
-        return {}
-    return {v.name: v for v in inferred.graph.value_info}
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:

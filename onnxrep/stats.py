@@ -14,6 +14,10 @@ class GraphStats:
     convs: int
     params: int
     ops: dict[str, int] = field(default_factory=dict)
+    #: multiply-accumulates per inference (``onnxrep.cost`` convention) and how many nodes with
+    #: MACs had shapes that inference could not give (counted as 0)
+    macs: int = 0
+    macs_unknown: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -24,14 +28,18 @@ def _numel(t: onnx.TensorProto) -> int:
 
 
 def graph_stats(model: onnx.ModelProto) -> GraphStats:
-    """Top-level node count, Conv count, parameter count (initializers + Constant tensors), op histogram."""
+    """Top-level node count, Conv count, parameter count (initializers + Constant tensors), op histogram, MACs."""
+    from .cost import model_macs
+
     g = model.graph
     ops = Counter(n.op_type for n in g.node)
     params = sum(_numel(t) for t in g.initializer)
     for n in g.node:
         if n.op_type == "Constant":
             params += sum(_numel(a.t) for a in n.attribute if a.name == "value")
-    return GraphStats(len(g.node), ops.get("Conv", 0), params, dict(sorted(ops.items(), key=lambda kv: -kv[1])))
+    macs = model_macs(model)
+    return GraphStats(len(g.node), ops.get("Conv", 0), params, dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+                      macs.macs, macs.unknown)
 
 
 def estimated_size(model: onnx.ModelProto) -> int:

@@ -31,7 +31,10 @@ def format_report(report: Report, src: str = "", dest: str | None = None, explai
     lines += _table([["", "before", "after", "change"],
                      ["nodes", f"{b.nodes:,}", f"{a.nodes:,}", _delta(b.nodes, a.nodes)],
                      ["Conv", f"{b.convs:,}", f"{a.convs:,}", _delta(b.convs, a.convs)],
-                     ["parameters", f"{b.params:,}", f"{a.params:,}", _delta(b.params, a.params)]], right={1, 2, 3})
+                     ["parameters", f"{b.params:,}", f"{a.params:,}", _delta(b.params, a.params)],
+                     ["MACs", f"{b.macs:,}", f"{a.macs:,}", _delta(b.macs, a.macs)]], right={1, 2, 3})
+    if b.macs_unknown or a.macs_unknown:
+        lines.append(f"(MACs leave out {max(b.macs_unknown, a.macs_unknown)} node(s) whose shapes are unknown)")
     lines.append("")
     rows = [["rule", "rewrites", "nodes removed", "declined"]]
     for r in report.rules:

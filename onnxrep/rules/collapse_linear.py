@@ -1,8 +1,8 @@
-"""Collapse each linear region of the graph into one Conv.
+"""Collapse each linear region of the graph into its cheapest exact form: one Conv where that pays.
 
 Between two non-linear ops, every tensor ``t`` is an affine map of one *root* tensor ``r``:
 ``t = F(r)`` with ``F`` a ``ConvForm`` (``conv(r, W, b)``) or an ``AffineForm`` (``s r + t``, the
-identity being ``s = 1, t = 0``). One forward pass in topological order computes ``F`` for every
+identity being ``s = 1, t = 0``). One forward pass in topological order finds ``F`` for every
 tensor from its producer:
 
 * ``Conv(u)``                      ``F = conv ∘ F_u``   (``F_u`` affine: exact when no zero padding or no shift)
@@ -15,99 +15,40 @@ tensor from its producer:
                                   ``v = F_u(0)`` (DBB's BN-and-pad border; a zero Pad before a conv)
 * ``conv2(conv1(u))``             1x1 -> KxK and KxK -> 1x1 sequences compose into one conv
 
+**Exact is not enough.** A merge can cost more than its parts (a depthwise KxK and a 1x1
+expansion are one *dense* KxK conv), and whether a merge pays can depend on what comes later
+(DBB's 1x1 -> AvgPool branch is a dense KxK on its own, but free once summed into the KxK
+branch). So each tensor keeps several *plans* (``region_plans``): the region merged from its
+root, and, at every op, the *cut* (the operand's region written on its own, this op starting
+a new segment); at a sum, also the Add kept with both branches written apart. The cost model
+(``onnxrep.cost``: MACs, then parameters, then nodes, at the spatial sizes the graph states)
+picks the cheapest plan when the region is complete, so a merge is made exactly when it costs
+no more than the parts, and the output is never costlier than the input.
+
 ``u`` is expanded only when it is *private* (read once, not a graph output); otherwise it is a
 root itself, which is why every tensor shared by branches (RepVGG's ``x``) is exactly the root
-of each branch. A region is replaced when it is maximal (every reader of its sink has been visited and none
-absorbed it: it is emitted right then, so only growing regions hold float64 weights), its form
-is a conv and it has at least two nodes. A combination that is not exact is declined with the
-algebra's reason (``--explain``) and the parts on either side are still collapsed on their own;
-a region that cannot be written out (negative pads, a float16 overflow) keeps its last node,
-and its inputs' regions collapse in the next sweep.
+of each branch. A region is written when it is maximal (every reader of its sink has been
+visited and none absorbed it): its chosen plan's cut regions first, then its open segment as
+one Conv. A combination that is not exact is declined with the algebra's reason, one that is
+exact but costlier with both costs (``--explain``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import (AffineForm, ConvForm, NotRepresentable, add, affine_as_conv, affine_sum,
-                       affine_then_affine, affine_then_conv, avgpool, cast_back, compose, conv_then_affine, pad_pointwise)
+from ..algebra import AffineForm, ConvForm, NotRepresentable, avgpool, cast_back, pad_pointwise
+from ..cost import ZERO, Cost, conv_cost
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..pattern import Rule
 from .linear_ops import avgpool_params, bn_form, constant_affine, conv_form, spatial_crop, spatial_pads
+from .region_plans import (ADD_NODE, Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
+                           precision_rtol, prune, then, writable)
 
-
-@dataclass(eq=False)
-class Expr:
-    """``sink = form(root)``, computed by ``nodes`` (empty for a plain tensor)."""
-    root: gs.Tensor
-    form: ConvForm | AffineForm
-    sink: gs.Tensor
-    nodes: list = field(default_factory=list)
-    children: list = field(default_factory=list)
-    convs: int = 0
-    dtype: np.dtype | None = None
-    absorbed: bool = False
-
-    @classmethod
-    def leaf(cls, tensor: gs.Tensor) -> "Expr":
-        return cls(tensor, AffineForm.identity(), tensor)
-
-    @property
-    def trivial(self) -> bool:
-        return not self.nodes
-
-
-def sum_forms(a, b, sign: float):
-    """``a + sign * b`` for any two forms on the same root."""
-    if isinstance(a, AffineForm) and isinstance(b, AffineForm):
-        return affine_sum(a, b, sign)
-    if isinstance(a, AffineForm):
-        a = affine_as_conv(a, b.in_channels, b.n_spatial)
-    if isinstance(b, AffineForm):
-        b = affine_as_conv(b, a.in_channels, a.n_spatial)
-    return add(a, b, sign)
-
-
-def then(first, second):
-    """``second ∘ first``."""
-    if isinstance(first, AffineForm):
-        return affine_then_affine(first, second) if isinstance(second, AffineForm) else affine_then_conv(first, second)
-    if isinstance(second, AffineForm):
-        return conv_then_affine(first, second)
-    return compose(first, second)
-
-
-def as_conv(form, channels: int | None, n_spatial: int) -> ConvForm:
-    """A form as a ``ConvForm`` (an affine becomes a 1x1 depthwise conv on ``channels``)."""
-    if isinstance(form, ConvForm):
-        return form
-    channels = form.channels or channels
-    if channels is None:
-        raise NotRepresentable("number of channels unknown (no shape information)")
-    return affine_as_conv(form, channels, n_spatial)
-
-
-def channels_of(form, tensor: gs.Tensor) -> int | None:
-    """Channels of ``tensor``, the output of ``form``: from the form, else from the tensor's shape."""
-    if isinstance(form, ConvForm):
-        return form.out_channels
-    if form.channels is not None:
-        return form.channels
-    shape = tensor.shape
-    if shape is not None and len(shape) > 1 and isinstance(shape[1], int):
-        return shape[1]
-    return None
-
-
-def precision_rtol(dtype) -> float:
-    """Relative tolerance for values an exporter computed in ``dtype`` (4 ulps, at least 1e-5)."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        return 1e-5
-    return max(1e-5, 4 * float(np.finfo(dt).eps)) if dt.kind == "f" else 1e-5
+#: ops whose output pixel count is the input's divided by their strides
+STRIDED = ("Conv", "AveragePool", "MaxPool", "LpPool")
 
 
 class CollapseLinearRegions(Rule):
@@ -116,16 +57,13 @@ class CollapseLinearRegions(Rule):
 
     def run(self, ctx: GraphContext) -> None:
         walk = _Walk(ctx, self.name)
-        for node, reason in walk.blocked.values():  # still true: say it again in this sweep's report
-            if ctx.is_live(node):
-                ctx.decline(self.name, node, reason)
         unvisited = {}  # tensor name -> readers not visited yet
         for node in list(ctx.graph.nodes):
             if not ctx.is_live(node):
                 continue
             walk.visit(node)
             # a region is maximal once every reader of its sink has been visited without absorbing it:
-            # emit it now, so that only the regions still growing hold float64 weights
+            # write it now, so that only the regions still growing hold float64 weights
             for t in node.inputs:
                 if t.name in walk.memo:
                     left = unvisited.setdefault(t.name, len(t.outputs)) - 1
@@ -142,24 +80,119 @@ class _Walk:
     def __init__(self, ctx: GraphContext, rule: str):
         self.ctx = ctx
         self.rule = rule
-        self.memo: dict[str, Expr] = {}
-        # id(node) -> (node, reason): regions ending there could not be written; kept across sweeps
-        self.blocked = ctx.state.setdefault(rule + ":blocked", {})
+        self.memo: dict[str, Region] = {}
+        #: output pixels per image of tensors whose spatial dims are not all static, relative to
+        #: the graph inputs (``onnxrep.cost``: per-pixel costs with stride factors)
+        self.relative_pixels: dict[str, Fraction] = {}
 
     def flush(self, name: str) -> None:
-        """Emit the region ending at tensor ``name`` unless a consumer absorbed it; forget it."""
-        expr = self.memo.pop(name, None)
-        if expr is not None and not expr.absorbed:
-            self.emit(expr)
+        """Write the region ending at tensor ``name`` unless a consumer absorbed it; forget it."""
+        region = self.memo.pop(name, None)
+        if region is not None and not region.absorbed:
+            self.write(region)
+
+    # ------------------------------------------------------------------ costs
+    def pixels(self, t: gs.Tensor):
+        """Output pixels of ``t`` per image: static when its shape says so, else relative."""
+        shape = t.shape
+        if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[2:]):
+            return int(np.prod(shape[2:], dtype=np.int64))
+        return self.relative_pixels.get(t.name, Fraction(1))
+
+    def note_pixels(self, node: gs.Node) -> None:
+        """Relative pixel counts for outputs with dynamic spatial dims (one division per stride)."""
+        if not node.inputs or node.inputs[0].name == "":
+            return
+        for out in node.outputs:
+            shape = out.shape
+            if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[2:]):
+                continue
+            px = Fraction(self.pixels(node.inputs[0]))
+            if node.op in STRIDED:
+                px /= int(np.prod(node.attrs.get("strides", [1]), dtype=np.int64))
+            self.relative_pixels[out.name] = px
+
+    def node_cost(self, node: gs.Node) -> Cost:
+        """A node left as it is (``onnxrep.cost`` convention)."""
+        params = 0
+        for t in node.inputs[1:]:
+            info = self.ctx.constant_info(t)
+            if info is not None:
+                params += int(np.prod(info[0], dtype=np.int64))
+        out = node.outputs[0]
+        macs = 0
+        if node.op == "Conv":
+            shape = self.ctx.constant_info(node.inputs[1])
+            macs = self.pixels(out) * int(np.prod(shape[0], dtype=np.int64)) if shape else 0
+        elif node.op == "AveragePool":
+            channels = out.shape[1] if out.shape is not None and len(out.shape) > 1 else None
+            if isinstance(channels, int):
+                macs = self.pixels(out) * channels * int(np.prod(node.attrs.get("kernel_shape", [1])))
+        return Cost(macs, params, 1)
+
+    def term_conv(self, term, sink: gs.Tensor, like: tuple = ()) -> ConvForm:
+        """A term as the Conv that would write it (an affine term: a 1x1 depthwise conv)."""
+        if isinstance(term, ConvForm):
+            return term
+        n = next((t.n_spatial for t in like if isinstance(t, ConvForm)), None)
+        if n is None:
+            n = len(sink.shape) - 2 if sink.shape is not None and len(sink.shape) > 2 else 2
+        return as_conv(term, channels_of(term, sink), n)
+
+    def term_cost(self, term, sink: gs.Tensor, like: tuple = ()) -> Cost:
+        conv = self.term_conv(term, sink, like)
+        return conv_cost(conv.weight_shape, self.pixels(sink), bias=bool(np.any(conv.bias)))
+
+    def segment_cost(self, plan: Plan, sink: gs.Tensor) -> Cost:
+        if plan.writes:
+            cost = ZERO
+            for i, term in enumerate(plan.terms):
+                cost = cost + self.term_cost(term, sink, plan.terms) + (ADD_NODE if i else ZERO)
+            return cost
+        cost = ZERO
+        for n in plan.nodes:
+            cost = cost + self.node_cost(n)
+        return cost
+
+    def total(self, region: Region | None) -> Cost:
+        if region is None:
+            return ZERO
+        if region.choice is None:
+            self.decide(region)
+        return region.cost
+
+    def decide(self, region: Region) -> None:
+        """Choose the cheapest plan that can be written; forget the others."""
+        sink = region.sink
+        ranked = sorted(region.plans, key=lambda p: p.closed + self.segment_cost(p, sink))
+        merged = next((p for p in region.plans if p.merged and p.writes), None)
+        for plan in ranked:
+            reason = None
+            if plan.writes:
+                reason = next(filter(None, (writable(self.term_conv(t, sink, plan.terms), plan.dtype)
+                                            for t in plan.terms)), None)
+            if reason is None:
+                region.choice, region.cost = plan, plan.closed + self.segment_cost(plan, sink)
+                break
+            if plan is merged:
+                region.why_apart = reason
+        else:  # unreachable: prune keeps a plan that writes nothing
+            raise AssertionError("no plan can be written")
+        if merged is not None and merged is not region.choice and region.why_apart is None:
+            one = merged.closed + self.segment_cost(merged, sink)
+            region.why_apart = f"kept apart: one conv would cost {one.describe()}; apart {region.cost.describe()}"
+        region.plans = [region.choice]
 
     # ------------------------------------------------------------ analysis
-    def operand(self, t: gs.Tensor) -> Expr:
-        e = self.memo.get(t.name)
-        if e is not None and self.ctx.is_private(t) and not any(id(c) in self.blocked for c in t.outputs):
-            return e
-        return Expr.leaf(t)
+    def operand(self, t: gs.Tensor) -> Region | None:
+        """The region computing ``t`` if a consumer may absorb it (``t`` private), else ``None``."""
+        region = self.memo.get(t.name)
+        if region is not None and self.ctx.is_private(t):
+            return region
+        return None
 
     def visit(self, node: gs.Node) -> None:
+        self.note_pixels(node)
         if not is_onnx_op(node):
             return
         if len([t for t in node.outputs if t.name]) != 1 or not node.outputs[0].name:
@@ -168,25 +201,26 @@ class _Walk:
                                                   "statistics): exported with model.train()?")
             return
         try:
-            expr = self.expression(node)
+            region = self.expression(node)
         except NotRepresentable as exc:
             self.ctx.decline(self.rule, node, str(exc))
             return
-        if expr is None:
+        if region is None:
             return
-        for child in expr.children:
-            child.absorbed = True
-            self.memo.pop(child.sink.name, None)
-            child.form = None  # its float64 weights are in the parent now
-            child.children = []
-        self.memo[expr.sink.name] = expr
+        for t in node.inputs:
+            inner = self.operand(t)
+            if inner is not None:  # its plans live on in this region's
+                inner.absorbed = True
+                self.memo.pop(t.name, None)
+        self.memo[region.sink.name] = region
 
-    def expression(self, node: gs.Node) -> Expr | None:
+    def expression(self, node: gs.Node) -> Region | None:
         op = node.op
         if op == "Conv":
-            return self.conv(node)
+            cf = conv_form(self.ctx, node)
+            return self.unary(node, lambda f: then(f, cf), own=cf, convs=1, dtype=cf.weight.dtype)
         if op == "BatchNormalization":
-            return self.affine(node, node.inputs[0], bn_form(self.ctx, node))
+            return self.unary(node, affine=bn_form(self.ctx, node))
         if op in self.PASS_THROUGH:
             return self.pass_through(node)
         if op in ("AveragePool", "Pad", "Slice"):
@@ -198,118 +232,169 @@ class _Walk:
                 return self.reshape_border(node, spatial_crop(self.ctx, node), None)
             except NotRepresentable:
                 # these ops are linear only in special cases: stay quiet unless a region was cut short
-                if self.operand(node.inputs[0]).trivial:
+                if self.operand(node.inputs[0]) is None:
                     return None
                 raise
         if op in ("Mul", "Add", "Sub", "Div", "Neg"):
             found = constant_affine(self.ctx, node)
             if found is not None:
-                return self.affine(node, *found)
+                x, aff = found
+                return self.unary(node, affine=aff, x=x)
             if op in ("Add", "Sub") and len(node.inputs) == 2:
                 return self.branch_sum(node, -1.0 if op == "Sub" else 1.0)
         return None
 
-    def extend(self, node, inner: Expr, form, convs: int, dtype) -> Expr:
-        return Expr(inner.root, form, node.outputs[0], inner.nodes + [node], [inner], inner.convs + convs,
-                    inner.dtype if inner.dtype is not None else dtype)
+    def extended(self, inner: Region, node: gs.Node, step, affine, convs: int, dtype) -> tuple[list[Plan], Exception]:
+        """Every plan of ``inner`` followed by ``node``: ``step`` on a one-term plan; an ``affine`` also
+        distributes over the terms of a sum kept apart."""
+        plans, error = [], None
+        for p in inner.plans:
+            try:
+                if len(p.terms) == 1:
+                    terms = (step(p.terms[0]),)
+                elif affine is not None:
+                    terms = affine_after_terms(p.terms, affine)
+                else:
+                    raise NotRepresentable("branches kept apart do not compose with what follows")
+            except NotRepresentable as exc:
+                error = error or exc
+                continue
+            plans.append(Plan(p.root, terms, p.nodes + [node], p.below, p.closed, p.convs + convs,
+                              p.dtype if p.dtype is not None else dtype, p.kept, p.why))
+        return plans, error
 
-    def conv(self, node: gs.Node) -> Expr:
-        cf = conv_form(self.ctx, node)
+    def unary(self, node: gs.Node, step=None, own=None, convs: int = 0, dtype=None, x: gs.Tensor | None = None,
+              affine: AffineForm | None = None) -> Region:
+        """Plans for ``node`` applied to ``x``: every plan of ``x`` extended by ``step`` (or ``affine``),
+        and the cut (``x``'s region written on its own, ``node`` starting a segment with form ``own``)."""
+        x = node.inputs[0] if x is None else x
+        if affine is not None:
+            step, own = (lambda f: then(f, affine)), affine
+        if own is None:
+            own = step(AffineForm.identity())
+        out = node.outputs[0]
+        inner = self.operand(x)
+        if inner is None:
+            return Region(out, [Plan(x, (own,), [node], convs=convs, dtype=dtype)])
+        plans, error = self.extended(inner, node, step, affine, convs, dtype)
+        if not plans:
+            self.ctx.decline(self.rule, node, f"not merged with its input region: {error}")
+        plans.append(Plan(x, (own,), [node], (inner,), self.total(inner), convs, dtype))
+        return Region(out, prune(plans, lambda p: p.closed + self.segment_cost(p, out)))
+
+    def avgpool(self, node: gs.Node) -> Region:
+        kernel, strides, pads, include_pad = avgpool_params(node)
         x = node.inputs[0]
         inner = self.operand(x)
-        if not inner.trivial:
-            try:
-                return self.extend(node, inner, then(inner.form, cf), 1, cf.weight.dtype)
-            except NotRepresentable as exc:
-                self.ctx.decline(self.rule, node, f"not merged with its input region: {exc}")
-        return Expr(x, cf, node.outputs[0], [node], [], 1, cf.weight.dtype)
-
-    def affine(self, node: gs.Node, x: gs.Tensor, aff: AffineForm) -> Expr:
-        inner = self.operand(x)
-        if not inner.trivial:
-            try:
-                return self.extend(node, inner, then(inner.form, aff), 0, None)
-            except NotRepresentable as exc:
-                self.ctx.decline(self.rule, node, f"not merged with its input region: {exc}")
-        return Expr(x, aff, node.outputs[0], [node])
-
-    def avgpool(self, node: gs.Node) -> Expr:
-        kernel, strides, pads, include_pad = avgpool_params(node)
-        inner = self.operand(node.inputs[0])
-        channels = channels_of(inner.form, node.inputs[0])
+        forms = [t for p in inner.plans for t in p.terms] if inner is not None else [AffineForm.identity()]
+        channels = next((c for c in (channels_of(f, x) for f in forms) if c is not None), None)
         if channels is None:
             raise NotRepresentable("AveragePool channel count unknown (no shape information)")
         pool = avgpool(channels, kernel, strides, pads, include_pad)
-        if not inner.trivial:
-            try:
-                return self.extend(node, inner, then(inner.form, pool), 0, None)
-            except NotRepresentable as exc:
-                self.ctx.decline(self.rule, node, f"not merged with its input region: {exc}")
-        x = node.inputs[0]
-        return Expr(x, pool, node.outputs[0], [node])
+        return self.unary(node, lambda f: then(f, pool), own=pool)
 
-    def reshape_border(self, node: gs.Node, pads, value) -> Expr:
+    def reshape_border(self, node: gs.Node, pads, value) -> Region:
         """Pad (``value`` given) or crop (``value`` None) of a pointwise form's output."""
         x = node.inputs[0]
-        inner = self.operand(x)
-        form = as_conv(inner.form, channels_of(inner.form, x), len(pads) // 2)
-        border = form.bias if value is None or all(p <= 0 for p in pads) else value
-        padded = pad_pointwise(form, pads, border, rtol=precision_rtol(x.dtype))
-        if inner.trivial:
-            return Expr(x, padded, node.outputs[0], [node])
-        return self.extend(node, inner, padded, 0, None)
+        rtol = precision_rtol(x.dtype)
 
-    def pass_through(self, node: gs.Node) -> Expr | None:
+        def step(form):
+            form = as_conv(form, channels_of(form, x), len(pads) // 2)
+            border = form.bias if value is None or all(p <= 0 for p in pads) else value
+            return pad_pointwise(form, pads, border, rtol=rtol)
+
+        inner = self.operand(x)
+        if inner is None:
+            return self.unary(node, step)
+        try:
+            own = step(AffineForm.identity())
+        except NotRepresentable:  # a Pad by a non-zero value: only a merge makes it linear
+            plans, error = self.extended(inner, node, step, None, 0, None)
+            if not plans:
+                raise error
+            out = node.outputs[0]
+            return Region(out, prune(plans, lambda p: p.closed + self.segment_cost(p, out)))
+        return self.unary(node, step, own=own)
+
+    def pass_through(self, node: gs.Node) -> Region | None:
         if node.op == "Dropout" and len(node.inputs) > 2 and not self.ctx.is_absent(node.inputs[2]):
             mode = self.ctx.constant(node.inputs[2])
             if mode is None or bool(np.any(mode)):
                 self.ctx.decline(self.rule, node, "Dropout in training mode (random): exported with model.train()?")
                 return None
-        inner = self.operand(node.inputs[0])
-        if inner.trivial:
-            return Expr(inner.root, inner.form, node.outputs[0], [node])
-        return self.extend(node, inner, inner.form, 0, None)
+        return self.unary(node, affine=AffineForm.identity())
 
-    def branch_sum(self, node: gs.Node, sign: float) -> Expr | None:
-        a, b = (self.operand(t) for t in node.inputs)
-        if a.root.name != b.root.name:
-            if a.convs or b.convs:
-                self.ctx.decline(self.rule, node,
-                                 f"branches read different tensors ('{a.root.name}', '{b.root.name}')")
+    def branch_sum(self, node: gs.Node, sign: float) -> Region | None:
+        a, b = node.inputs
+        ra, rb = self.operand(a), self.operand(b)
+        plans_a = ra.plans if ra is not None else [leaf(a)]
+        plans_b = rb.plans if rb is not None else [leaf(b)]
+        out = node.outputs[0]
+        merged, error = [], None
+        for pa in plans_a:
+            for pb in plans_b:
+                if pa.root is not pb.root:
+                    continue
+                terms_b = pb.terms if sign > 0 else tuple(negated(t) for t in pb.terms)
+                both = pa.terms + terms_b
+                try:
+                    terms, why = combine(list(both), lambda t: self.term_cost(t, out, both))
+                except NotRepresentable as exc:
+                    error = error or exc
+                    continue
+                merged.append(Plan(pa.root, tuple(terms), pa.nodes + pb.nodes + [node], pa.below + pb.below,
+                                   pa.closed + pb.closed, pa.convs + pb.convs,
+                                   pa.dtype if pa.dtype is not None else pb.dtype, pa.kept + pb.kept,
+                                   pa.why + pb.why + tuple((node, w) for w in why)))
+        if not merged:
+            if error is not None:
+                raise error
+            if any(p.convs for p in plans_a + plans_b):
+                self.ctx.decline(self.rule, node, f"branches read different tensors "
+                                                  f"('{plans_a[0].root.name}', '{plans_b[0].root.name}')")
             return None
-        form = sum_forms(a.form, b.form, sign)
-        return Expr(a.root, form, node.outputs[0], a.nodes + b.nodes + [node],
-                    [e for e in (a, b) if not e.trivial], a.convs + b.convs,
-                    a.dtype if a.dtype is not None else b.dtype)
+        apart = Plan(out, (AffineForm.identity(),), [], tuple(r for r in (ra, rb) if r is not None),
+                     self.total(ra) + self.total(rb) + self.node_cost(node), 0, None, (node,))
+        return Region(out, prune(merged + [apart], lambda p: p.closed + self.segment_cost(p, out)))
 
     # ------------------------------------------------------------- rewrite
-    def emit(self, expr: Expr) -> None:
-        if not isinstance(expr.form, ConvForm) or len(expr.nodes) < 2 or expr.convs < 1:
-            return
-        try:
-            self.replace(expr)
-        except NotRepresentable as exc:
-            # keep the region's last node; its inputs' regions collapse on their own next sweep
-            last = expr.nodes[-1]
-            if id(last) in self.blocked:
-                return
-            self.ctx.decline(self.rule, last, str(exc))
-            if len(expr.nodes) > 2:
-                self.blocked[id(last)] = (last, str(exc))
-                self.ctx.changed = True
+    def write(self, region: Region) -> None:
+        """Write the region's chosen plan: its cut regions first, then its open segment."""
+        if region.choice is None:
+            self.decide(region)
+        plan = region.choice
+        for below in plan.below:
+            self.write(below)
+        if region.why_apart is not None:
+            at = plan.nodes[0] if plan.nodes else (plan.kept[-1] if plan.kept else None)
+            if at is not None:
+                self.ctx.decline(self.rule, at, region.why_apart)
+        for node, reason in plan.why:
+            self.ctx.decline(self.rule, node, reason)
+        if plan.writes:
+            self.replace(plan, region.sink)
 
-    def replace(self, expr: Expr) -> None:
-        f = expr.form
-        if any(p < 0 for p in f.pads):
-            raise NotRepresentable("the merged conv would need negative padding")
-        w, b = cast_back(expr.dtype or np.float32, f.weight, f.bias)
-        builder = Builder(self.ctx, expr.nodes[-1].name or "conv")
-        attrs = {"kernel_shape": list(f.kernel_shape), "strides": list(f.strides), "pads": list(f.pads),
-                 "dilations": list(f.dilations), "group": f.groups}
-        builder.op("Conv", [expr.root, builder.const("weight", w), builder.const("bias", b)],
-                   outputs=[expr.sink], attrs=attrs)
-        made = self.ctx.replace(self.rule, expr.nodes, builder.nodes)
-        self.ctx.created.append(weight_ranges(made[0].name, f))
+    def replace(self, plan: Plan, sink: gs.Tensor) -> None:
+        """The open segment as one Conv per term reading the root, summed by Adds into ``sink``."""
+        builder = Builder(self.ctx, plan.nodes[-1].name or "conv")
+        convs, outputs = [], []
+        k = len(plan.terms)
+        for i, term in enumerate(plan.terms):
+            f = self.term_conv(term, sink, plan.terms)
+            w, b = cast_back(plan.dtype or np.float32, f.weight, f.bias)
+            attrs = {"kernel_shape": list(f.kernel_shape), "strides": list(f.strides), "pads": list(f.pads),
+                     "dilations": list(f.dilations), "group": f.groups}
+            bias = builder.const("bias", b) if np.any(b) else None  # a zero bias is not written
+            out = sink if k == 1 else builder.tensor(f"term{i}", dtype=sink.dtype)
+            builder.op("Conv", [plan.root, builder.const("weight", w), bias], outputs=[out], attrs=attrs)
+            convs.append(f)
+            outputs.append(out)
+        acc = outputs[0]
+        for i, t in enumerate(outputs[1:], start=1):
+            acc = builder.op("Add", [acc, t], outputs=[sink] if i == k - 1 else None)[0]
+        made = self.ctx.replace(self.rule, plan.nodes, builder.nodes)
+        for node, f in zip((n for n in made if n.op == "Conv"), convs):
+            self.ctx.created.append(weight_ranges(node.name, f))
 
 
 def weight_ranges(name: str, form: ConvForm) -> dict:

@@ -1,0 +1,162 @@
+"""The cost model: multiply-accumulates (MACs) and parameters, with one counting convention.
+
+Convention (for the region collapse's gate and for the report alike)
+--------------------------------------------------------------------
+MACs are the multiply-accumulates of the ops that are linear maps with a weight or a window,
+for one inference at the sizes the graph states:
+
+* ``Conv``               output elements x (C_in / group) x prod(kernel)
+                         (= output pixels x ``weight.size`` per image)
+* ``ConvTranspose``      input elements x (C_out / group) x prod(kernel)
+* ``Gemm``, ``MatMul``   output elements x K (the reduction length)
+* ``AveragePool``        output elements x prod(kernel)
+* ``GlobalAveragePool``  input elements
+
+Every other op (BatchNormalization, elementwise arithmetic, activations, Pad, data movement)
+counts 0 MACs: those are memory-bound and show in the node count instead. Parameters are the
+elements of initializers and Constant tensors. Costs compare by MACs, then parameters, then
+nodes, so between two exact forms of equal arithmetic the smaller and then the shorter wins.
+
+Sizes: a model-level count pins dynamic input dims (1 on axis 0, 32 elsewhere, like the
+verification inputs) and runs shape inference. Inside the region collapse, a tensor whose
+spatial dims are dynamic counts *per pixel of the region's root*, divided by the strides on
+the way (``RegionWalk.pixels``): the comparison of a merge against its parts only needs
+sizes relative to each other.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Sequence
+
+import onnx
+
+Number = int | Fraction
+
+#: sizes given to dynamic input dims when a whole model is counted (as the verification inputs)
+PIN_BATCH, PIN_OTHER = 1, 32
+
+
+@dataclass(frozen=True, order=True)
+class Cost:
+    """``(macs, params, nodes)``, compared in that order."""
+    macs: Number = 0
+    params: int = 0
+    nodes: int = 0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.macs + other.macs, self.params + other.params, self.nodes + other.nodes)
+
+    def describe(self) -> str:
+        return f"{human(self.macs)}MACs, {human(self.params)} params, {self.nodes} node(s)"
+
+
+ZERO = Cost()
+
+
+def human(x: Number) -> str:
+    """``1234567`` -> ``'1.23 M'``; fractions (per-pixel costs) keep three significant digits."""
+    x = float(x)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g} "
+
+
+def conv_cost(weight_shape: Sequence[int], out_pixels: Number, bias: bool = True) -> Cost:
+    """One Conv writing ``out_pixels`` pixels per image: ``out_pixels x weight.size`` MACs."""
+    size = math.prod(weight_shape)
+    return Cost(out_pixels * size, size + (weight_shape[0] if bias else 0), 1)
+
+
+def op_macs(op_type: str, attrs: dict, inputs: Sequence[Sequence[int] | None],
+            outputs: Sequence[Sequence[int] | None]) -> int | None:
+    """MACs of one node from its input and output shapes (``None`` where a needed shape is unknown).
+
+    ``inputs`` / ``outputs`` hold one shape per node input / output (``None`` when unknown or
+    absent); a shape is a sequence of ints.
+    """
+    def known(shape):
+        return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+    def numel(shape):
+        return math.prod(shape)
+
+    out = outputs[0] if outputs else None
+    if op_type == "Conv":
+        if len(inputs) < 2 or not known(inputs[1]) or not known(out):
+            return None
+        return numel(out) * numel(inputs[1][1:])
+    if op_type == "ConvTranspose":
+        if len(inputs) < 2 or not known(inputs[0]) or not known(inputs[1]):
+            return None
+        return numel(inputs[0]) * numel(inputs[1][1:])
+    if op_type in ("Gemm", "MatMul"):  # K from B when it is known (A's shape may be computed at run time)
+        if len(inputs) < 2 or not known(out):
+            return None
+        a, b = inputs[0], inputs[1]
+        if known(b) and len(b) >= 2:
+            k = (b[1] if attrs.get("transB", 0) else b[0]) if op_type == "Gemm" else b[-2]
+        elif known(a) and a:
+            k = (a[0] if attrs.get("transA", 0) else a[-1]) if op_type == "Gemm" else a[-1]
+        else:
+            return None
+        return numel(out) * k
+    if op_type == "AveragePool":
+        if not known(out) or "kernel_shape" not in attrs:
+            return None
+        return numel(out) * numel(attrs["kernel_shape"])
+    if op_type == "GlobalAveragePool":
+        return numel(inputs[0]) if inputs and known(inputs[0]) else None
+    return 0
+
+
+@dataclass(frozen=True)
+class ModelMacs:
+    macs: int
+    unknown: int  # nodes with MACs whose shapes inference could not give (counted as 0)
+
+
+def _dims(v: onnx.ValueInfoProto) -> list[int] | None:
+    tt = v.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+
+
+def model_macs(model: onnx.ModelProto) -> ModelMacs:
+    """MACs of the main graph of ``model`` (If / Loop / Scan bodies are not counted).
+
+    Dynamic input dims are pinned to ``PIN_BATCH`` on axis 0 and ``PIN_OTHER`` elsewhere.
+    Weights are never loaded: their shapes come from the initializers' dims.
+    """
+    from .graph.shapes import inferred_shapes
+
+    g = model.graph
+    shapes: dict[str, list[int] | None] = {t.name: list(t.dims) for t in g.initializer}
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        shapes.setdefault(v.name, _dims(v))
+    needs = {"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool"}
+    if any(n.op_type in needs for n in g.node):
+        for name, v in inferred_shapes(model, pin=(PIN_BATCH, PIN_OTHER)).items():
+            if name not in shapes or shapes[name] is None or None in shapes[name]:
+                shapes[name] = _dims(v)
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    shapes[n.output[0]] = list(a.t.dims)
+    total = unknown = 0
+    for n in g.node:
+        if n.op_type not in needs or n.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute
+                 if a.name in ("kernel_shape", "transA", "transB")}
+        macs = op_macs(n.op_type, attrs, [shapes.get(i) if i else None for i in n.input],
+                       [shapes.get(o) for o in n.output])
+        if macs is None:
+            unknown += 1
+        else:
+            total += macs
+    return ModelMacs(total, unknown)
