@@ -762,6 +762,37 @@ def test_matmul_const_bn_2d_becomes_one_gemm():
     assert_verifies(m, out)
 
 
+@pytest.mark.parametrize("fc", ["gemm", "gemm-transB-alpha-beta", "matmul"])
+def test_bn_before_gemm_folds_into_it(fc):
+    """BN_Linear (RepViT's classifier): Gemm(BN(x)) -> one Gemm with B and C carrying the BN."""
+    k, n = 6, 4
+    g = GraphBuilder(115)
+    h = g.bn(X, k)
+    if fc == "matmul":
+        y = g.node("MatMul", [h, g.init(g.randn(k, n))], "y")
+    elif fc == "gemm":
+        y = g.node("Gemm", [h, g.init(g.randn(k, n)), g.init(g.randn(n))], "y")
+    else:
+        y = g.node("Gemm", [h, g.init(g.randn(n, k)), g.init(g.randn(1, n))], "y", transB=1, alpha=0.7, beta=1.3)
+    m = g.model({X: (5, k)}, [y])
+    out, rep = run_opt(m)
+    assert node_ops(out) == ["Gemm"] and out.graph.node[0].input[0] == X
+    assert rewrites(rep) == {"fold-bn-before-gemm": 1}
+    assert rep.after.params < rep.before.params
+    assert_verifies(m, out)
+
+
+def test_bn_before_gemm_reading_transposed_input_is_declined():
+    k, n = 6, 4
+    g = GraphBuilder(116)
+    y = g.node("Gemm", [g.bn(X, k), g.init(g.randn(5, n))], "y", transA=1)
+    m = g.model({X: (5, k)}, [y])
+    out, rep = run_opt(m)
+    assert node_ops(out) == ["BatchNormalization", "Gemm"] and rewrites(rep) == {}
+    assert any("transposed" in r for r in reasons(rep, "fold-bn-before-gemm"))
+    assert_verifies(m, out)
+
+
 def test_matmul_bn_3d_input_is_declined():
     k, n = 4, 3
     g = GraphBuilder(113)

@@ -4,6 +4,8 @@
   ``alpha * A @ op(B') + 1 * C'`` with ``op(B')[:, n] = op(B)[:, n] * s[n]`` and
   ``C' = s * beta * C + t``. ``op(B) = B`` or ``B^T`` (``transB``); ``A``'s transpose is irrelevant.
   A MatMul with a constant ``(K, N)`` weight is the Gemm with ``alpha = 1`` and no ``C``.
+* An affine ``s x + t`` (per feature ``k``) *before* that Gemm (``transA = 0``) is the Gemm with
+  ``op(B')[k, :] = s[k] op(B)[k, :]`` and ``C' = beta * C + alpha * t @ op(B)``.
 * ConvTranspose weight has layout ``(I, O/g, k...)``; output channel of ``W[i, j]`` is
   ``(i // (I/g)) * (O/g) + j``, so the affine scales ``W[i, j]`` by ``s`` of that channel and
   ``b' = s * b + t``.
@@ -27,6 +29,20 @@ def gemm_then_affine(b, c, alpha: float, beta: float, trans_b: bool, affine: Aff
     else:
         new_c = s * (beta * f64(c)) + t
     return new_b, new_c
+
+
+def affine_then_gemm(affine: AffineForm, b, c, alpha: float, beta: float, trans_b: bool):
+    """Return ``(B', C')`` for ``Gemm(s x + t)`` as one Gemm (same alpha, ``beta = 1``); ``x`` is ``(M, K)``."""
+    b = f64(b)
+    k = b.shape[1] if trans_b else b.shape[0]
+    affine.check_rank(2)
+    s, t = affine.vectors(k)
+    op_b = b.T if trans_b else b
+    new_op_b = op_b * s[:, None]
+    new_c = alpha * (t @ op_b)
+    if c is not None:
+        new_c = new_c + beta * f64(c)
+    return (new_op_b.T if trans_b else new_op_b), new_c
 
 
 def convtranspose_then_affine(weight, bias, groups: int, affine: AffineForm):
