@@ -86,3 +86,22 @@ def test_merged_weights_are_computed_only_when_read():
 @pytest.mark.parametrize("op", ["Conv", "Gemm"])
 def test_op_macs_unknown_weight_shape_is_none(op):
     assert op_macs(op, {}, [[1, 2, 3, 3], None], [None]) is None
+
+
+def test_model_macs_resolve_sizes_computed_at_run_time():
+    """Legacy exports compute chunk sizes at run time (Shape -> Gather -> Div -> Slice): with the
+    input dims pinned, that arithmetic is evaluated and the conv after it is counted."""
+    def i64(*v):
+        return np.asarray(v, np.int64)
+    m = _model(
+        [helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Gather", ["s", "one"], ["c"], axis=0),
+         helper.make_node("Div", ["c", "two"], ["half"]),
+         helper.make_node("Unsqueeze", ["half", "zero"], ["end"]),
+         helper.make_node("Slice", ["x", "zero", "end", "one"], ["a"]),
+         helper.make_node("Conv", ["a", "w"], ["y"], pads=[1, 1, 1, 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        {"w": np.zeros((6, 4, 3, 3), np.float32), "one": i64(1), "two": i64(2), "zero": i64(0)})
+    r = model_macs(m)
+    assert r.unknown == 0 and r.macs == PIN_OTHER ** 2 * 6 * 4 * 9

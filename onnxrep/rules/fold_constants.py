@@ -17,11 +17,11 @@ import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 
 from ..graph import GraphContext, is_onnx_op
+from ..graph.shapes import CONTROL_FLOW, RANDOM_OPS
 from ..pattern import Rule
 
 MAX_ELEMENTS = 1 << 20
-NEVER = {"Constant", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-         "Bernoulli", "If", "Loop", "Scan", "Identity", "Dropout"}
+NEVER = RANDOM_OPS | CONTROL_FLOW | {"Constant", "Identity", "Dropout"}
 
 
 def evaluate(node: gs.Node, values: list, opset: int) -> list[np.ndarray]:
