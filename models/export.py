@@ -23,6 +23,7 @@ from .acnet import ACBlock, acnet_crop_tiny, acnet_k5_tiny, acnet_model_convert,
 from .common import randomize_bn_, seed_everything
 from .dbb import DiverseBranchBlock, dbb_model_convert, dbb_resnet18_tiny, dbb_tiny
 from .repvgg import RepVGGBlock, repvgg_a0, repvgg_a0_g4, repvgg_model_convert, repvgg_tiny
+from . import fastvit, mobileone, repghost, replknet, repvit, yolo
 
 __all__ = ["ModelSpec", "MODELS", "build", "export_onnx", "export_pair", "DYNAMO_MIN_OPSET"]
 
@@ -74,6 +75,34 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("dbb_tiny", dbb_tiny, dbb_model_convert, block_type=DiverseBranchBlock,
               description="5 DBBs: stride 2, groups 2, depthwise 3x3 and 5x5",
               tags=("dbb", "grouped", "depthwise", "small")),
+    # the modern families: their deploy forms keep some convs apart (a merge would cost more)
+    ModelSpec("mobileone_s0", mobileone.mobileone_s0, mobileone.mobileone_model_convert,
+              block_type=mobileone.MobileOneBlock,
+              description="MobileOne-S0 (k=4 over-parameterized branches, 1x1 scale branch, BN skip)",
+              tags=("mobileone", "depthwise", "modern")),
+    ModelSpec("fastvit_t8", fastvit.fastvit_t8, fastvit.fastvit_model_convert, block_type=fastvit.RepMixer,
+              description="FastViT-T8 (MobileOne stem, RepMixer, ConvFFN, RepCPE, large-kernel downsampling)",
+              tags=("fastvit", "depthwise", "modern")),
+    ModelSpec("repvit_m0_9", repvit.repvit_m0_9, repvit.repvit_model_convert, block_type=repvit.RepVGGDW,
+              description="RepViT-M0.9 (dw3x3 + dw1x1 + identity with post-BN, SE, dw-s2 -> pw, BN_Linear head)",
+              tags=("repvit", "depthwise", "modern")),
+    ModelSpec("repghost_0_5", repghost.repghost_0_5, repghost.repghost_model_convert,
+              block_type=repghost.RepGhostModule,
+              description="RepGhostNet-0.5x (dw3x3-BN + BN identity, SE, dw-s2 shortcuts)",
+              tags=("repghost", "depthwise", "modern")),
+    ModelSpec("replknet_tiny", replknet.replknet_tiny, replknet.replknet_model_convert,
+              block_type=replknet.ReparamLargeKernelConv,
+              description="RepLKNet layout, widths 32-256, dw 31/29/27/13 + dw 5x5, pre-BNs before 1x1 convs",
+              tags=("replknet", "depthwise", "modern")),
+    ModelSpec("yolov6_repconv", yolo.yolov6_repconv, yolo.yolov6_model_convert, block_type=yolo.RepVGGBlock,
+              description="YOLOv6-n-like: RepVGG (SiLU) and QARepVGG blocks, RepPAN neck, 1x1 heads",
+              tags=("yolo", "repvgg", "modern")),
+    ModelSpec("yolov10n", yolo.yolov10n_like, yolo.yolov10_model_convert, block_type=yolo.RepVGGDW,
+              description="YOLOv10n-like: C2f, SCDown, C2fCIB with RepVGGDW (dw7x7 + dw3x3), PSA, v10Detect",
+              tags=("yolo", "depthwise", "modern")),
+    ModelSpec("yolov7_implicit", yolo.yolov7_implicit, yolo.yolov7_model_convert, block_type=yolo.RepConv,
+              description="YOLOv7-tiny-like with RepConv and an IDetect head (ImplicitA / ImplicitM)",
+              tags=("yolo", "repvgg", "modern")),
 ]}
 
 

@@ -105,6 +105,8 @@ def test_deploy_conversion_matches(name):
     _assert_close(y, ref)
     assert float(ref.std()) > 1e-3  # not a degenerate (collapsed) network
 
+    if "modern" in spec.tags:  # their blocks convert in several ways: tests/test_models_<family>.py
+        return
     tblocks = [m for m in train.modules() if isinstance(m, spec.block_type)]
     dblocks = [m for m in deploy.modules() if isinstance(m, spec.block_type)]
     assert len(tblocks) == len(dblocks) > 0
