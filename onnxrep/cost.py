@@ -15,7 +15,9 @@ for one inference at the sizes the graph states:
 Every other op (BatchNormalization, elementwise arithmetic, activations, Pad, data movement)
 counts 0 MACs: those are memory-bound and show in the node count instead. Parameters are the
 elements of initializers and Constant tensors. Costs compare by MACs, then parameters, then
-nodes, so between two exact forms of equal arithmetic the smaller and then the shorter wins.
+nodes, so between two exact forms of equal arithmetic the smaller and then the shorter wins;
+and a merge is made only when it is no worse in MACs *and* in parameters (``Cost.no_worse``), so
+that neither ever grows (a strided 1x1 -> KxK can save MACs and still add weights).
 
 Sizes: a model-level count pins dynamic input dims (1 on axis 0, 32 elsewhere, like the
 verification inputs) and runs shape inference. Inside the region collapse, a tensor whose
@@ -48,20 +50,26 @@ class Cost:
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(self.macs + other.macs, self.params + other.params, self.nodes + other.nodes)
 
+    def no_worse(self, other: "Cost") -> bool:
+        """Neither more MACs nor more parameters than ``other`` (the guard on every merge)."""
+        return self.macs <= other.macs and self.params <= other.params
+
     def describe(self) -> str:
-        return f"{human(self.macs)}MACs, {human(self.params)} params, {self.nodes} node(s)"
+        """``'1.52 GMACs, 4 M params, 3 node(s)'``."""
+        (m, mp), (p, pp) = human(self.macs), human(self.params)
+        return f"{m} {mp}MACs, {p} {pp + ' ' if pp else ''}params, {self.nodes} node(s)"
 
 
 ZERO = Cost()
 
 
-def human(x: Number) -> str:
-    """``1234567`` -> ``'1.23 M'``; fractions (per-pixel costs) keep three significant digits."""
+def human(x: Number) -> tuple[str, str]:
+    """``1234567`` -> ``('1.23', 'M')``; three significant digits (fractions: per-pixel costs)."""
     x = float(x)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
-            return f"{x / scale:.3g} {unit}"
-    return f"{x:.3g} "
+            return f"{x / scale:.3g}", unit
+    return f"{x:.3g}", ""
 
 
 def conv_cost(weight_shape: Sequence[int], out_pixels: Number, bias: bool = True) -> Cost:

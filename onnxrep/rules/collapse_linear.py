@@ -164,9 +164,13 @@ class _Walk:
     def decide(self, region: Region) -> None:
         """Choose the cheapest plan that can be written; forget the others."""
         sink = region.sink
+        limit = None if region.baseline is None else region.baseline.closed + self.segment_cost(region.baseline, sink)
         ranked = sorted(region.plans, key=lambda p: p.closed + self.segment_cost(p, sink))
         merged = next((p for p in region.plans if p.merged and p.writes), None)
         for plan in ranked:
+            if limit is not None and plan is not region.baseline and \
+                    not (plan.closed + self.segment_cost(plan, sink)).no_worse(limit):
+                continue  # fewer MACs but more parameters (or the reverse) than not merging
             reason = None
             if plan.writes:
                 reason = next(filter(None, (writable(self.term_conv(t, sink, plan.terms), plan.dtype)
@@ -279,8 +283,16 @@ class _Walk:
         plans, error = self.extended(inner, node, step, affine, convs, dtype)
         if not plans:
             self.ctx.decline(self.rule, node, f"not merged with its input region: {error}")
-        plans.append(Plan(x, (own,), [node], (inner,), self.total(inner), convs, dtype))
-        return Region(out, prune(plans, lambda p: p.closed + self.segment_cost(p, out)))
+        cut = Plan(x, (own,), [node], (inner,), self.total(inner), convs, dtype)
+        return Region(out, prune(plans + [cut], lambda p: p.closed + self.segment_cost(p, out), cut), cut)
+
+    def kept(self, node: gs.Node, *operands: Region | None) -> Plan:
+        """``node`` left as it is, its operands' regions written on their own: a plan rooted at its output."""
+        below = tuple(r for r in operands if r is not None)
+        closed = self.node_cost(node)
+        for r in below:
+            closed = closed + self.total(r)
+        return Plan(node.outputs[0], (AffineForm.identity(),), [], below, closed, 0, None, (node,))
 
     def avgpool(self, node: gs.Node) -> Region:
         kernel, strides, pads, include_pad = avgpool_params(node)
@@ -313,7 +325,8 @@ class _Walk:
             if not plans:
                 raise error
             out = node.outputs[0]
-            return Region(out, prune(plans, lambda p: p.closed + self.segment_cost(p, out)))
+            kept = self.kept(node, inner)
+            return Region(out, prune(plans + [kept], lambda p: p.closed + self.segment_cost(p, out), kept), kept)
         return self.unary(node, step, own=own)
 
     def pass_through(self, node: gs.Node) -> Region | None:
@@ -353,9 +366,8 @@ class _Walk:
                 self.ctx.decline(self.rule, node, f"branches read different tensors "
                                                   f"('{plans_a[0].root.name}', '{plans_b[0].root.name}')")
             return None
-        apart = Plan(out, (AffineForm.identity(),), [], tuple(r for r in (ra, rb) if r is not None),
-                     self.total(ra) + self.total(rb) + self.node_cost(node), 0, None, (node,))
-        return Region(out, prune(merged + [apart], lambda p: p.closed + self.segment_cost(p, out)))
+        apart = self.kept(node, ra, rb)
+        return Region(out, prune(merged + [apart], lambda p: p.closed + self.segment_cost(p, out), apart), apart)
 
     # ------------------------------------------------------------- rewrite
     def write(self, region: Region) -> None:

@@ -60,9 +60,15 @@ class Plan:
 
 @dataclass(eq=False)
 class Region:
-    """The plans found for ``sink``; ``choice`` (with its ``cost``) once decided."""
+    """The plans found for ``sink``; ``choice`` (with its ``cost``) once decided.
+
+    ``baseline`` is the plan that merges nothing more at this op (the operand's region written on
+    its own, or the Add kept between two written branches): the chosen plan is the cheapest of
+    those no worse than it in MACs and in parameters, so a region never costs more than its input.
+    """
     sink: gs.Tensor
     plans: list[Plan]
+    baseline: Plan | None = None
     absorbed: bool = False
     choice: Plan | None = None
     cost: Cost | None = None
@@ -74,18 +80,18 @@ def leaf(tensor: gs.Tensor) -> Plan:
     return Plan(tensor, (AffineForm.identity(),), [])
 
 
-def prune(plans: list[Plan], total: Callable[[Plan], Cost]) -> list[Plan]:
+def prune(plans: list[Plan], total: Callable[[Plan], Cost], baseline: Plan | None = None) -> list[Plan]:
     """One plan per root (the cheapest by ``total``), at most ``MAX_PLANS``: the merged plan
-    first, then the cheapest; and always one that writes nothing (it can never fail to be written)."""
+    first, then the cheapest; and always ``baseline`` (it writes nothing, so it never fails)."""
     best: dict[int, Plan] = {}
     for p in plans:
         q = best.get(id(p.root))
-        if q is None or total(p) < total(q):
+        if q is None or total(p) < total(q) or p is baseline:
             best[id(p.root)] = p
     ordered = sorted(best.values(), key=lambda p: (not p.merged, total(p)))
     kept = ordered[:MAX_PLANS]
-    if all(p.writes for p in kept):
-        kept += [p for p in ordered[MAX_PLANS:] if not p.writes][:1]
+    if baseline is not None and baseline not in kept:
+        kept.append(baseline)
     return kept
 
 
@@ -147,7 +153,8 @@ def channels_of(form: Form, tensor: gs.Tensor) -> int | None:
 
 
 def combine(terms: list[Form], term_cost: Callable[[Form], Cost]) -> tuple[list[Form], list[str]]:
-    """Merge terms pairwise while a merge costs no more than the two terms and the Add between.
+    """Merge terms pairwise while a merge costs no more (MACs and parameters) than the two terms
+    and the Add between.
 
     Returns the terms left and, for every pair left apart, the reason: the algebra's, or both
     costs. Runs to a fixed point: a merge can make another one pay (ACNet's 1x3 and 3x1 pay only
@@ -166,7 +173,7 @@ def combine(terms: list[Form], term_cost: Callable[[Form], Cost]) -> tuple[list[
                     why.append(str(exc))
                     continue
                 one, apart = term_cost(m), term_cost(terms[i]) + term_cost(terms[j]) + ADD_NODE
-                if one <= apart:
+                if one.no_worse(apart):
                     terms[i] = m
                     del terms[j]
                     merged_one = True
@@ -184,7 +191,7 @@ def combine(terms: list[Form], term_cost: Callable[[Form], Cost]) -> tuple[list[
         apart = ZERO
         for i, t in enumerate(terms):
             apart = apart + term_cost(t) + (ADD_NODE if i else ZERO)
-        if one is not None and term_cost(one) <= apart:
+        if one is not None and term_cost(one).no_worse(apart):
             return [one], []
     return terms, (why if len(terms) > 1 else [])
 
