@@ -20,10 +20,11 @@ and a merge is made only when it is no worse in MACs *and* in parameters (``Cost
 that neither ever grows (a strided 1x1 -> KxK can save MACs and still add weights).
 
 Sizes: a model-level count pins dynamic input dims (1 on axis 0, 32 elsewhere, like the
-verification inputs) and runs shape inference. Inside the region collapse, a tensor whose
-spatial dims are dynamic counts *per pixel of the region's root*, divided by the strides on
-the way (``RegionWalk.pixels``): the comparison of a merge against its parts only needs
-sizes relative to each other.
+verification inputs) and runs shape inference. Inside the region collapse, a dynamic spatial
+axis has the size ``a n + b`` in the unknown input size ``n`` (``SpatialSize``), derived op by
+op: divided by the strides, grown by pads, shrunk by kernels. Pixel counts are then polynomials
+in ``n`` (``Poly``) compared for large ``n``: per output pixel with the stride factors first,
+then the border terms (a 1x1 conv moved after a Pad computes the border too).
 """
 from __future__ import annotations
 
@@ -34,7 +35,95 @@ from typing import Sequence
 
 import onnx
 
-Number = int | Fraction
+
+
+class Poly:
+    """A polynomial in the unknown input size ``n`` (coefficients ``c[0] + c[1] n + ...``, Fractions),
+    ordered by its value for large ``n``: the highest-degree coefficient first."""
+    __slots__ = ("c",)
+
+    def __init__(self, coefficients):
+        c = [Fraction(x) for x in coefficients]
+        while len(c) > 1 and c[-1] == 0:
+            c.pop()
+        self.c = tuple(c) or (Fraction(0),)
+
+    @staticmethod
+    def of(x) -> "Poly":
+        return x if isinstance(x, Poly) else Poly([x])
+
+    def __add__(self, other):
+        a, b = self.c, Poly.of(other).c
+        n = max(len(a), len(b))
+        return Poly([(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)])
+
+    __radd__ = __add__
+
+    def __mul__(self, other):
+        if not isinstance(other, Poly):
+            return Poly([x * other for x in self.c])
+        out = [Fraction(0)] * (len(self.c) + len(other.c) - 1)
+        for i, x in enumerate(self.c):
+            for j, y in enumerate(other.c):
+                out[i + j] += x * y
+        return Poly(out)
+
+    __rmul__ = __mul__
+
+    def _key(self, other) -> int:
+        """Sign of ``self - other`` for large ``n``."""
+        d = (self + Poly.of(other) * -1).c
+        for x in reversed(d):
+            if x:
+                return 1 if x > 0 else -1
+        return 0
+
+    def __lt__(self, other):
+        return self._key(other) < 0
+
+    def __le__(self, other):
+        return self._key(other) <= 0
+
+    def __gt__(self, other):
+        return self._key(other) > 0
+
+    def __ge__(self, other):
+        return self._key(other) >= 0
+
+    def __eq__(self, other):
+        return isinstance(other, (Poly, int, Fraction)) and self._key(other) == 0
+
+    def __hash__(self):
+        return hash(self.c)
+
+    def __float__(self):
+        """Its value at the pinned size (for display)."""
+        return float(sum(x * PIN_OTHER ** i for i, x in enumerate(self.c)))
+
+    def __repr__(self):
+        return " + ".join(f"{x}n^{i}" for i, x in enumerate(self.c) if x) or "0"
+
+
+@dataclass(frozen=True)
+class SpatialSize:
+    """One spatial axis of size ``scale * n + offset`` (``n``: the unknown input size)."""
+    scale: Fraction
+    offset: Fraction
+
+    @classmethod
+    def of(cls, dim) -> "SpatialSize":
+        """A static dim, or a fresh unknown one (``n``)."""
+        return cls(Fraction(0), Fraction(dim)) if isinstance(dim, int) else cls(Fraction(1), Fraction(0))
+
+    def window(self, kernel: int, stride: int, pad: int, dilation: int) -> "SpatialSize":
+        """After a conv / pool window: ``(size + pad - dilation (kernel - 1) - 1) / stride + 1``."""
+        return SpatialSize(self.scale / stride, (self.offset + pad - dilation * (kernel - 1) - 1) / stride + 1)
+
+    def poly(self) -> Poly:
+        return Poly([self.offset, self.scale])
+
+
+Number = int | Fraction | Poly
 
 #: sizes given to dynamic input dims when a whole model is counted (as the verification inputs)
 PIN_BATCH, PIN_OTHER = 1, 32

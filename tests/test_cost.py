@@ -105,3 +105,17 @@ def test_model_macs_resolve_sizes_computed_at_run_time():
         {"w": np.zeros((6, 4, 3, 3), np.float32), "one": i64(1), "two": i64(2), "zero": i64(0)})
     r = model_macs(m)
     assert r.unknown == 0 and r.macs == PIN_OTHER ** 2 * 6 * 4 * 9
+
+
+def test_poly_orders_sizes_by_their_value_for_large_inputs():
+    from fractions import Fraction
+    from onnxrep.cost import Poly, SpatialSize
+    n = SpatialSize.of("H")
+    assert n.poly().c == (0, 1)
+    s2 = n.window(kernel=3, stride=2, pad=2, dilation=1)        # 3x3 stride 2 pad 1: n/2 + 1/2
+    assert (s2.scale, s2.offset) == (Fraction(1, 2), Fraction(1, 2))
+    padded = SpatialSize(n.scale, n.offset + 2)
+    assert padded.poly() * padded.poly() > n.poly() * n.poly()    # (n+2)^2 > n^2: the border counts
+    assert n.poly() * n.poly() * 4 > (padded.poly() * padded.poly()) * 3  # but degree 2 dominates
+    assert Poly([5, 0]) == 5 and Poly([0, 1]) > 10 ** 9 and Cost(Poly([0, 3]), 1, 1) > Cost(7, 0, 0)
+    assert float(Poly([1, 2])) == 1 + 2 * PIN_OTHER

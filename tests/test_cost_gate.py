@@ -7,6 +7,7 @@ error.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from checks import assert_verifies, attr, conv_nodes, reasons, run_opt
@@ -137,3 +138,18 @@ def test_dbb_avgpool_branch_is_dense_alone_but_free_inside_the_sum():
     out, rep = run_opt(m)
     assert node_ops(out) == ["Conv", "Relu"] and rep.after.macs == h * h * c * c * 9
     assert_verifies(m, out)
+
+
+def test_zero_pad_after_a_1x1_stays_when_dims_are_dynamic():
+    """1x1 -> zero Pad on an H x W input: the Pad could become the 1x1's padding (one node less), but
+    the 1x1 would then compute the border too (2H more pixels). Sizes are polynomials in the input
+    size, so that counts: the Pad stays. With static dims the same holds by plain counting."""
+    g = GraphBuilder(8)
+    t = g.conv(X, 2, 1, 1, bias=False)
+    p = g.node("Pad", [t, g.init(np.array([0, 0, 0, 1, 0, 0, 0, 1], np.int64))])
+    y = g.node("Relu", [p], "y")
+    for dims in [("H", "W"), (5, 7)]:
+        m = g.model({X: (1, 2) + dims}, [y])
+        out, rep = run_opt(m)
+        assert node_ops(out) == ["Conv", "Pad", "Relu"] and rep.after.macs == rep.before.macs
+        assert_verifies(m, out, input_shapes={X: (1, 2, 5, 7)})

@@ -3,9 +3,9 @@
 ``tests/fuzz/graphs.py`` draws the models (``training_graphs``) and checks the property
 (``check_property``): ``optimize`` does not raise and does not modify its input, the result passes
 ``onnx.checker.check_model(full_check=True)``, ``onnxrep.verify`` passes (rtol 1e-4 / atol 1e-5
-in float32, rtol 2e-2 / atol 2e-3 in float16; both branches of an If), the node count never
-grows, graph inputs and outputs keep names, dtypes and dims (incl. dim_params), marked
-unmergeable regions keep their Conv count, Relu / Sigmoid / ... / custom-domain nodes survive
+in float32, rtol 2e-2 / atol 2e-3 in float16; both branches of an If), the node count, the
+MACs and the parameters never grow, graph inputs and outputs keep names, dtypes and dims (incl. dim_params), marked
+unmergeable (and exact-but-costlier) regions keep their Conv count, Relu / Sigmoid / ... / custom-domain nodes survive
 with identical attributes, and an fp16 overflow is declined with a reason.
 
 The quick profile is derandomized (the same examples on every run). The long profile is

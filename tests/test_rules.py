@@ -441,10 +441,12 @@ def test_inner_tensor_of_conv_bn_that_is_a_graph_output_keeps_its_conv():
 
 
 def test_shared_weight_two_convs_two_bns_both_fold():
+    """Depthwise 1x1 convs sharing W (4 params), each with a BN (16): each fold writes a new 4+4 and
+    the BN goes, so parameters drop; the shared initializer itself is never modified."""
     g = GraphBuilder(73)
-    w = g.init(g.randn(4, 4, 3, 3, scale=0.3), "W_shared")
-    y1 = g.bn(g.conv(X, 4, 4, 3, pads=1, weight=w), 4, output="y1")
-    y2 = g.bn(g.conv(X, 4, 4, 3, pads=1, weight=w), 4, output="y2")
+    w = g.init(g.randn(4, 1, 1, 1), "W_shared")
+    y1 = g.bn(g.conv(X, 4, 4, 1, weight=w, group=4), 4, output="y1")
+    y2 = g.bn(g.conv(X, 4, 4, 1, weight=w, group=4), 4, output="y2")
     m = g.model({X: (1, 4, 8, 8)}, [y1, y2])
     original = initializer(m, "W_shared").copy()
     out, rep = collapse_to(m, {"Conv": 2}, n_rewrites=2, nodes_removed=2)
@@ -454,19 +456,35 @@ def test_shared_weight_two_convs_two_bns_both_fold():
     assert convs[0].input[1] != convs[1].input[1]
     assert "W_shared" not in (convs[0].input[1], convs[1].input[1])
     assert not np.array_equal(weight_of(out, convs[0]), weight_of(out, convs[1]))
+    assert rep.after.params < rep.before.params
 
 
 def test_shared_weight_one_folded_one_plain_keeps_original():
     g = GraphBuilder(74)
-    w = g.init(g.randn(4, 4, 3, 3, scale=0.3), "W_shared")
-    y1 = g.bn(g.conv(X, 4, 4, 3, pads=1, weight=w), 4, output="y1")
-    y2 = g.conv(X, 4, 4, 3, pads=1, weight=w, output="y2")
+    w = g.init(g.randn(4, 1, 1, 1), "W_shared")
+    y1 = g.bn(g.conv(X, 4, 4, 1, weight=w, group=4), 4, output="y1")
+    y2 = g.conv(X, 4, 4, 1, weight=w, group=4, output="y2")
     m = g.model({X: (1, 4, 8, 8)}, [y1, y2])
     original = initializer(m, "W_shared").copy()
     out, _ = collapse_to(m, {"Conv": 2}, nodes_removed=1)
     np.testing.assert_array_equal(initializer(out, "W_shared"), original)
     plain = [n for n in out.graph.node if n.output[0] == "y2"][0]
     assert plain.input[1] == "W_shared"
+
+
+def test_bn_after_a_shared_3x3_weight_is_not_folded_when_the_copy_costs_more():
+    """Folding BN(16 params) into a conv whose 3x3 weight (144) another conv keeps would copy the
+    weight: parameters would grow, so the BN stays, with the reason and both costs."""
+    g = GraphBuilder(76)
+    w = g.init(g.randn(4, 4, 3, 3, scale=0.3), "W_shared")
+    y1 = g.bn(g.conv(X, 4, 4, 3, pads=1, weight=w), 4, output="y1")
+    y2 = g.conv(X, 4, 4, 3, pads=1, weight=w, output="y2")
+    m = g.model({X: (1, 4, 8, 8)}, [y1, y2])
+    out, rep = run_opt(m)
+    assert op_histogram(out) == op_histogram(m) and rep.after.params == rep.before.params
+    assert any(r.startswith("kept apart: one conv would cost 9.22 kMACs, 292 params") for r in reasons(rep)), \
+        reasons(rep)
+    assert_verifies(m, out)
 
 
 def test_custom_domain_op_passes_through_untouched():

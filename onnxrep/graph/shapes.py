@@ -63,6 +63,8 @@ def inferred_shapes(model: onnx.ModelProto, pin: tuple[int, int] | None = None) 
     shapes = {v.name: v for v in inferred.graph.value_info}
     if pin is not None:
         shapes.update({v.name: v for v in list(inferred.graph.input) + list(inferred.graph.output)})
+        for t in skeleton.graph.initializer:  # including node outputs that folding made constants
+            shapes.setdefault(t.name, onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return shapes
 
 

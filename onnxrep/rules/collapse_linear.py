@@ -34,13 +34,11 @@ exact but costlier with both costs (``--explain``).
 """
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..algebra import AffineForm, ConvForm, NotRepresentable, avgpool, cast_back, pad_pointwise
-from ..cost import ZERO, Cost, conv_cost
+from ..cost import ZERO, Cost, Poly, SpatialSize, conv_cost
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..pattern import Rule
 from .linear_ops import avgpool_params, bn_form, constant_affine, conv_form, spatial_crop, spatial_pads
@@ -81,9 +79,8 @@ class _Walk:
         self.ctx = ctx
         self.rule = rule
         self.memo: dict[str, Region] = {}
-        #: output pixels per image of tensors whose spatial dims are not all static, relative to
-        #: the graph inputs (``onnxrep.cost``: per-pixel costs with stride factors)
-        self.relative_pixels: dict[str, Fraction] = {}
+        #: spatial sizes ``a n + b`` of tensors whose spatial dims are dynamic (``onnxrep.cost``)
+        self.sizes: dict[str, tuple[SpatialSize, ...]] = {}
 
     def flush(self, name: str) -> None:
         """Write the region ending at tensor ``name`` unless a consumer absorbed it; forget it."""
@@ -93,32 +90,60 @@ class _Walk:
 
     # ------------------------------------------------------------------ costs
     def pixels(self, t: gs.Tensor):
-        """Output pixels of ``t`` per image: static when its shape says so, else relative."""
+        """Output pixels of ``t`` per image: an int when its shape is static, else a ``Poly`` in ``n``."""
         shape = t.shape
         if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[2:]):
             return int(np.prod(shape[2:], dtype=np.int64))
-        return self.relative_pixels.get(t.name, Fraction(1))
+        axes = self.spatial(t)
+        px = Poly([1])
+        for ax in axes or ():
+            px = px * ax.poly()
+        return px
 
-    def note_pixels(self, node: gs.Node) -> None:
-        """Relative pixel counts for outputs with dynamic spatial dims (one division per stride)."""
-        if not node.inputs or node.inputs[0].name == "":
+    def spatial(self, t: gs.Tensor) -> tuple[SpatialSize, ...] | None:
+        if t.name in self.sizes:
+            return self.sizes[t.name]
+        shape = t.shape
+        return None if shape is None or len(shape) < 3 else tuple(SpatialSize.of(d) for d in shape[2:])
+
+    def note_sizes(self, node: gs.Node) -> None:
+        """Sizes ``a n + b`` of outputs whose spatial dims are dynamic: from the input's, op by op."""
+        if not node.inputs or node.inputs[0].name == "" or not is_onnx_op(node):
             return
-        for out in node.outputs:
-            shape = out.shape
-            if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[2:]):
-                continue
-            px = Fraction(self.pixels(node.inputs[0]))
-            if node.op in STRIDED:
-                px /= int(np.prod(node.attrs.get("strides", [1]), dtype=np.int64))
-            self.relative_pixels[out.name] = px
+        out = node.outputs[0] if node.outputs else None
+        if out is None or (out.shape is not None and len(out.shape) >= 2
+                           and all(isinstance(d, int) for d in out.shape[2:])):
+            return
+        axes = self.spatial(node.inputs[0])
+        if axes is None:
+            return
+        n = len(axes)
+        try:
+            if node.op in ("Conv", "AveragePool", "MaxPool"):
+                a = node.attrs
+                kernel = a.get("kernel_shape") or self.ctx.constant_info(node.inputs[1])[0][2:]
+                strides = a.get("strides", [1] * n)
+                dil = a.get("dilations", [1] * n)
+                auto = a.get("auto_pad", "NOTSET")
+                auto = auto.decode() if isinstance(auto, bytes) else auto
+                if auto in ("SAME_UPPER", "SAME_LOWER"):
+                    axes = tuple(SpatialSize(x.scale / s_, x.offset / s_) for x, s_ in zip(axes, strides))
+                else:
+                    pads = a.get("pads", [0] * 2 * n) if auto in ("NOTSET", "") else [0] * 2 * n
+                    axes = tuple(x.window(k, s_, pads[i] + pads[n + i], d)
+                                 for i, (x, k, s_, d) in enumerate(zip(axes, kernel, strides, dil)))
+            elif node.op == "Pad":
+                pads = spatial_pads(self.ctx, node)[0]
+                axes = tuple(SpatialSize(x.scale, x.offset + pads[i] + pads[n + i]) for i, x in enumerate(axes))
+            elif node.op == "Slice":
+                pads = spatial_crop(self.ctx, node)
+                axes = tuple(SpatialSize(x.scale, x.offset + pads[i] + pads[n + i]) for i, x in enumerate(axes))
+        except (NotRepresentable, TypeError, IndexError, KeyError):
+            return
+        self.sizes[out.name] = axes
 
     def node_cost(self, node: gs.Node) -> Cost:
-        """A node left as it is (``onnxrep.cost`` convention)."""
-        params = 0
-        for t in node.inputs[1:]:
-            info = self.ctx.constant_info(t)
-            if info is not None:
-                params += int(np.prod(info[0], dtype=np.int64))
+        """A node left as it is: its MACs and one node (parameters are counted per plan: ``plan_cost``)."""
         out = node.outputs[0]
         macs = 0
         if node.op == "Conv":
@@ -128,7 +153,7 @@ class _Walk:
             channels = out.shape[1] if out.shape is not None and len(out.shape) > 1 else None
             if isinstance(channels, int):
                 macs = self.pixels(out) * channels * int(np.prod(node.attrs.get("kernel_shape", [1])))
-        return Cost(macs, params, 1)
+        return Cost(macs, 0, 1)
 
     def term_conv(self, term, sink: gs.Tensor, like: tuple = ()) -> ConvForm:
         """A term as the Conv that would write it (an affine term: a 1x1 depthwise conv)."""
@@ -144,6 +169,7 @@ class _Walk:
         return conv_cost(conv.weight_shape, self.pixels(sink), bias=bool(np.any(conv.bias)))
 
     def segment_cost(self, plan: Plan, sink: gs.Tensor) -> Cost:
+        """MACs, new parameters and nodes of the open segment (its nodes' own parameters: ``plan_cost``)."""
         if plan.writes:
             cost = ZERO
             for i, term in enumerate(plan.terms):
@@ -153,6 +179,48 @@ class _Walk:
         for n in plan.nodes:
             cost = cost + self.node_cost(n)
         return cost
+
+    def plan_cost(self, plan: Plan, sink: gs.Tensor) -> Cost:
+        """MACs and nodes of the plan's subgraph, and the parameters the model has with it.
+
+        Parameters are counted over the whole region, not node by node: a constant stays in the
+        model if any of its readers stays (a node left as it is, or one outside the region), so a
+        merge that copies a weight shared with a node outside costs that copy.
+        """
+        if plan.cost is None:
+            covered, kept, new = self.footprint(plan, sink)
+            params, seen = new, set()
+            for node in covered.values():
+                for t in node.inputs:
+                    if id(t) in seen:
+                        continue
+                    seen.add(id(t))
+                    info = self.ctx.constant_info(t)
+                    if info is not None and (self.ctx.is_graph_output(t) or any(
+                            id(r) not in covered or id(r) in kept for r in t.outputs)):
+                        params += int(np.prod(info[0], dtype=np.int64))
+            mn = plan.closed + self.segment_cost(plan, sink)
+            plan.cost = Cost(mn.macs, params, mn.nodes)
+        return plan.cost
+
+    def footprint(self, plan: Plan, sink: gs.Tensor) -> tuple[dict, set, int]:
+        """``(nodes the plan covers by id, ids of those left as they are, parameters it writes)``."""
+        covered, kept, new = {}, set(), 0
+        for region in plan.below:
+            if region.footprint is None:
+                region.footprint = self.footprint(region.choice, region.sink)
+            c, k, n = region.footprint
+            covered.update(c)
+            kept |= k
+            new += n
+        for node in plan.kept + tuple(plan.nodes):
+            covered[id(node)] = node
+        if plan.writes:
+            new += self.segment_cost(plan, sink).params
+        else:
+            kept.update(id(n) for n in plan.nodes)
+        kept.update(id(n) for n in plan.kept)
+        return covered, kept, new
 
     def total(self, region: Region | None) -> Cost:
         if region is None:
@@ -164,26 +232,25 @@ class _Walk:
     def decide(self, region: Region) -> None:
         """Choose the cheapest plan that can be written; forget the others."""
         sink = region.sink
-        limit = None if region.baseline is None else region.baseline.closed + self.segment_cost(region.baseline, sink)
-        ranked = sorted(region.plans, key=lambda p: p.closed + self.segment_cost(p, sink))
+        limit = None if region.baseline is None else self.plan_cost(region.baseline, sink)
+        ranked = sorted(region.plans, key=lambda p: self.plan_cost(p, sink))
         merged = next((p for p in region.plans if p.merged and p.writes), None)
         for plan in ranked:
-            if limit is not None and plan is not region.baseline and \
-                    not (plan.closed + self.segment_cost(plan, sink)).no_worse(limit):
+            if limit is not None and plan is not region.baseline and not self.plan_cost(plan, sink).no_worse(limit):
                 continue  # fewer MACs but more parameters (or the reverse) than not merging
             reason = None
             if plan.writes:
                 reason = next(filter(None, (writable(self.term_conv(t, sink, plan.terms), plan.dtype)
                                             for t in plan.terms)), None)
             if reason is None:
-                region.choice, region.cost = plan, plan.closed + self.segment_cost(plan, sink)
+                region.choice, region.cost = plan, self.plan_cost(plan, sink)
                 break
             if plan is merged:
                 region.why_apart = reason
         else:  # unreachable: prune keeps a plan that writes nothing
             raise AssertionError("no plan can be written")
         if merged is not None and merged is not region.choice and region.why_apart is None:
-            one = merged.closed + self.segment_cost(merged, sink)
+            one = self.plan_cost(merged, sink)
             region.why_apart = f"kept apart: one conv would cost {one.describe()}; apart {region.cost.describe()}"
         region.plans = [region.choice]
 
@@ -196,7 +263,7 @@ class _Walk:
         return None
 
     def visit(self, node: gs.Node) -> None:
-        self.note_pixels(node)
+        self.note_sizes(node)
         if not is_onnx_op(node):
             return
         if len([t for t in node.outputs if t.name]) != 1 or not node.outputs[0].name:
@@ -284,7 +351,7 @@ class _Walk:
         if not plans:
             self.ctx.decline(self.rule, node, f"not merged with its input region: {error}")
         cut = Plan(x, (own,), [node], (inner,), self.total(inner), convs, dtype)
-        return Region(out, prune(plans + [cut], lambda p: p.closed + self.segment_cost(p, out), cut), cut)
+        return Region(out, prune(plans + [cut], lambda p: self.plan_cost(p, out), cut), cut)
 
     def kept(self, node: gs.Node, *operands: Region | None) -> Plan:
         """``node`` left as it is, its operands' regions written on their own: a plan rooted at its output."""
@@ -326,7 +393,7 @@ class _Walk:
                 raise error
             out = node.outputs[0]
             kept = self.kept(node, inner)
-            return Region(out, prune(plans + [kept], lambda p: p.closed + self.segment_cost(p, out), kept), kept)
+            return Region(out, prune(plans + [kept], lambda p: self.plan_cost(p, out), kept), kept)
         return self.unary(node, step, own=own)
 
     def pass_through(self, node: gs.Node) -> Region | None:
@@ -367,7 +434,7 @@ class _Walk:
                                                   f"('{plans_a[0].root.name}', '{plans_b[0].root.name}')")
             return None
         apart = self.kept(node, ra, rb)
-        return Region(out, prune(merged + [apart], lambda p: p.closed + self.segment_cost(p, out), apart), apart)
+        return Region(out, prune(merged + [apart], lambda p: self.plan_cost(p, out), apart), apart)
 
     # ------------------------------------------------------------- rewrite
     def write(self, region: Region) -> None:

@@ -45,6 +45,8 @@ class Plan:
     kept: tuple = ()
     #: ``(node, reason)``: terms this plan keeps apart because merging them costs more
     why: tuple = ()
+    #: its cost once computed (``_Walk.plan_cost``)
+    cost: Cost | None = None
 
     @property
     def merged(self) -> bool:
@@ -74,6 +76,8 @@ class Region:
     cost: Cost | None = None
     #: why the fully merged plan was not chosen (said when the region is written)
     why_apart: str | None = None
+    #: ``_Walk.footprint`` of the choice
+    footprint: tuple | None = None
 
 
 def leaf(tensor: gs.Tensor) -> Plan:

@@ -17,6 +17,8 @@ file); ``tests/test_fuzz.py`` (quick profile) and ``benchmarks/fuzz_long.py`` (l
   border done by the conv, a zero Pad, DBB's ``Add(Pad(Sub(y, v)), v)`` or ``Where`` border writes
   (right or wrong ``v``), KxK -> 1x1; or a ConvTranspose + BN; then optionally a Gemm / MatMul + BN
   head;
+* exact-but-costlier blocks (a depthwise KxK -> 1x1 expansion, a 1x1 reduction -> KxK, a depthwise
+  KxK beside a dense 1x1, stride-2 variants): marked, their two convs must stay;
 * marked pairs / chains that are not one conv (their Conv count must not change), fp16 blocks whose
   merged weights overflow (must be declined), a branch tensor that is also an output, an ``If``
   with a block in each body, dynamic batch / spatial dims, float32 / float16, opsets 11..newest.
@@ -924,6 +926,59 @@ class _Gen:
         self.features.add("unmergeable-" + why)
         return y, f"pair[{la}, {lb}]", why
 
+    def costly_block(self, x: str) -> tuple[str, str, str]:
+        """Exact but costlier as one conv, so its two convs must stay: a depthwise KxK -> 1x1
+        expansion (merged: C*E*K^2 > C*K^2 + C*E per pixel), a 1x1 reduction -> KxK (merged C*C*K^2/s^2
+        > C*R + R*C*K^2/s^2), or a depthwise KxK beside a dense 1x1 (merged C^2*K^2 > C*K^2 + C^2);
+        with BNs / affines around, stride-2 variants. Returns (out, label, why)."""
+        cin, h, w = self.shapes[x]
+        kind = self.pick(["dw-expand", "reduce-kxk", "dw-beside-dense"])
+        c = cin
+        k = self.pick([3, 5]) if min(h, w) >= 3 or self.spatial_dynamic else 3
+        s = 2 if self.coin(0.35) and not self.spatial_dynamic and min(h, w) >= 2 else 1
+        out_hw = tuple((n + 2 * (k // 2) - k) // s + 1 for n in (h, w))
+        if kind == "reduce-kxk" and c * k * k // (s * s + k * k) < 1:
+            kind = "dw-expand"
+        if kind == "dw-beside-dense" and c < 2:
+            kind = "dw-expand"
+        if kind == "dw-expand":
+            e = self.upto(2, 2 * MAX_C)
+            t = self.conv(x, c, c, (k, k), (k // 2,) * 2, (k // 2,) * 2, (s, s), group=c, bias=self.coin(0.5),
+                          shape=(c,) + out_hw)
+            if self.coin(0.6):
+                t = self.bn(t, c)
+            self.inner.append(t)
+            y = self.conv(t, c, e, (1, 1), (0, 0), (0, 0), bias=self.coin(0.5), shape=(e,) + out_hw)
+            label = f"dw{k}x{k}/s{s} -> 1x1({c}->{e})"
+        elif kind == "reduce-kxk":
+            r = self.upto(1, max(1, math.ceil(c * k * k / (s * s + k * k)) - 1))
+            t = self.conv(x, c, r, (1, 1), (0, 0), (0, 0), bias=self.coin(0.5), shape=(r, h, w))
+            if self.coin(0.4):
+                t = self.bn(t, r)
+            self.inner.append(t)
+            e = c
+            y = self.conv(t, r, e, (k, k), (k // 2,) * 2, (k // 2,) * 2, (s, s), bias=self.coin(0.5),
+                          shape=(e,) + out_hw)
+            label = f"1x1({c}->{r}) -> {k}x{k}/s{s}"
+        else:
+            e = c
+            a = self.conv(x, c, c, (k, k), (k // 2,) * 2, (k // 2,) * 2, (s, s), group=c, bias=self.coin(0.5),
+                          shape=(c,) + out_hw)
+            b_ = self.conv(x, c, c, (1, 1), (0, 0), (0, 0), (s, s), bias=self.coin(0.5), shape=(c,) + out_hw)
+            if self.coin(0.5):
+                a = self.bn(a, c)
+            if self.coin(0.5):
+                b_ = self.bn(b_, c)
+            self.inner += [a, b_]
+            y = self.node("Add", [a, b_] if self.coin(0.5) else [b_, a], "costly_sum", shape=(c,) + out_hw)
+            label = f"dw{k}x{k}/s{s} || 1x1"
+        if self.coin(0.4):
+            self.inner.append(y)
+            y, lab = self.affine_op(y, e)
+            label += f" then {lab}"
+        self.features.add("costly-" + kind)
+        return y, f"costly[{label}]", "costly-" + kind
+
     def convt_block(self, x: str) -> tuple[str, str]:
         """ConvTranspose (groups, strides, pads, output_padding, dilations) + BN / Mul."""
         cin, h, w = self.shapes[x]
@@ -1040,6 +1095,9 @@ def training_graphs(draw, max_blocks: int = 4, allow_if: bool = True) -> FuzzCas
         start = t
         if i == n_blocks - 1 and overflow_last:
             t, label = g.overflow_block(t)
+        elif bounded and g.coin(0.12):
+            t, label, why = g.costly_block(t)
+            g.regions.append(Region(start, t, why))
         elif bounded and g.coin(0.2):
             if g.coin(0.6):
                 t, label, why = g.pair_block(t)
@@ -1437,6 +1495,10 @@ def check_property(case: FuzzCase) -> Outcome:
             res.mismatch = ", ".join(f"{o.name}: max abs err {o.max_abs:.3g} (max|ref| {o.ref_max_abs:.3g})"
                                      for o in bad)
             break
+    if report.after.macs > report.before.macs:
+        fail(f"MACs grew {report.before.macs:,} -> {report.after.macs:,}")
+    if report.after.params > report.before.params:
+        fail(f"parameters grew {report.before.params:,} -> {report.after.params:,}")
     if res.nodes_after > res.nodes_before:
         fills = sum(r.rewrites for r in report.rules if r.name == "canonicalize-border-fill")
         known("border-fill-growth" if res.nodes_after - res.nodes_before <= fills else None,
