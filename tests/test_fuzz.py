@@ -198,3 +198,45 @@ def test_border_fill_after_an_op_merges():
     out, _ = onnxrep.optimize(m)
     assert [n.op_type for n in out.graph.node] == ["Conv"]
     assert onnxrep.verify(m, out).passed
+
+
+def _zero_bias_conv(after: list[str], c: int = 8):
+    """Conv whose zero bias is written ``Expand(CastLike(0, W), [c])`` (exports without constant
+    folding), followed by ``after``: "bn" and / or scalar "add", "div"."""
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal((c, 2, 3, 3)).astype(np.float32), "w"),
+             nh.from_array(np.array([c], np.int64), "shape"),
+             nh.from_array(np.array(0.5, np.float32), "s")]
+    nodes = [helper.make_node("Constant", [], ["zero"], value=nh.from_array(np.array(0.0, np.float32))),
+             helper.make_node("CastLike", ["zero", "w"], ["z"]),
+             helper.make_node("Expand", ["z", "shape"], ["b"]),
+             helper.make_node("Conv", ["x", "w", "b"], ["t0"], pads=[1] * 4)]
+    for i, op in enumerate(after):
+        if op == "bn":
+            names = [f"bn{i}_{k}" for k in "sbmv"]
+            inits += [nh.from_array(v.astype(np.float32), n) for v, n in zip(
+                [rng.uniform(0.5, 1.5, c), rng.normal(size=c), rng.normal(size=c), rng.uniform(0.5, 2, c)], names)]
+            nodes.append(helper.make_node("BatchNormalization", [f"t{i}"] + names, [f"t{i + 1}"]))
+        else:
+            nodes.append(helper.make_node(op.capitalize(), [f"t{i}", "s"], [f"t{i + 1}"]))
+    nodes.append(helper.make_node("Relu", [f"t{len(after)}"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("after,convs_only", [([], False), (["bn"], True), (["add", "div"], False)])
+def test_regression_an_expanded_zero_bias_never_adds_parameters(after, convs_only):
+    """Found by the fuzzer: Expand(CastLike(0), [8]) was folded into 8 zeros (2 parameters -> 8), and
+    a Conv + Add + Div merge then looked cheaper than it was (464 -> 468 parameters). Such a tensor
+    is now read where it is (GraphContext.computed) and counted by the constants it comes from:
+    merged with a BN (4C parameters) it goes; alone, or with two scalars, nothing grows."""
+    m = _zero_bias_conv(after)
+    out, rep = onnxrep.optimize(m)
+    assert rep.after.params <= rep.before.params and rep.after.macs == rep.before.macs
+    ops = [n.op_type for n in out.graph.node]
+    if convs_only:
+        assert ops == ["Conv", "Relu"] and rep.after.params == 8 * 2 * 9 + 8
+    else:
+        assert ops.count("Expand") == 1 and rep.after.params >= rep.before.params - 1  # s unread if alone
+    assert onnxrep.verify(m, out).passed

@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import uses_external_data
 
+from .evaluate import CONTROL_FLOW, RANDOM_OPS, evaluate_protos
+
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -70,10 +72,6 @@ def inferred_shapes(model: onnx.ModelProto, pin: tuple[int, int] | None = None) 
 
 #: rounds of shape-arithmetic folding (each followed by inference) at most
 MAX_FOLD_ROUNDS = 8
-#: ops never evaluated ahead of time: their outputs are not a function of their inputs alone
-RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-#: ops with subgraphs
-CONTROL_FLOW = {"If", "Loop", "Scan"}
 SMALL = 1 << 12
 
 
@@ -141,19 +139,10 @@ def _fold_shape_arithmetic(skeleton: onnx.ModelProto, inferred: onnx.ModelProto,
 
 
 def _evaluate(nodes: list, values: dict, opset) -> dict:
-    """Outputs of ``nodes`` (in order) given ``values``, by one ``onnx.reference`` run; ``{}`` on failure."""
+    """``evaluate_protos``, or ``{}`` when the reference implementation cannot run them."""
     if not nodes:
         return {}
-    from onnx.reference import ReferenceEvaluator
-
-    made = {o for n in nodes for o in n.output if o}
-    feeds = {i: values[i] for n in nodes for i in n.input if i and i not in made}
-    inputs = [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-              for k, v in feeds.items()]
-    outputs = [onnx.helper.make_tensor_value_info(o, 0, None) for o in sorted(made)]
     try:
-        model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "fold", inputs, outputs), opset_imports=opset)
-        results = ReferenceEvaluator(model).run(None, feeds)
+        return evaluate_protos(nodes, values, opset)
     except Exception:
         return {}
-    return {name: np.asarray(r) for name, r in zip(sorted(made), results)}

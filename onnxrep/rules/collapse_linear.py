@@ -195,7 +195,7 @@ class _Walk:
                     if id(t) in seen:
                         continue
                     seen.add(id(t))
-                    info = self.ctx.constant_info(t)
+                    info = self.ctx.stored_constant_info(t)
                     if info is not None and (self.ctx.is_graph_output(t) or any(
                             id(r) not in covered or id(r) in kept for r in t.outputs)):
                         params += int(np.prod(info[0], dtype=np.int64))

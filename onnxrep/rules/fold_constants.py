@@ -7,34 +7,23 @@ node computes the same tensor on every run, so it is replaced by that tensor (ev
 with ``onnx.reference``), and the linear rules then see constant weights, pads and slices.
 
 Never folded: graph outputs, random ops, ops with subgraphs, custom domains, initializers that
-are graph inputs (the caller may override them), and anything larger than ``MAX_ELEMENTS``.
+are graph inputs (the caller may override them), anything larger than ``MAX_ELEMENTS``, and
+results larger than their inputs (``Expand(CastLike(0), [C])`` would turn one scalar into C
+parameters: the rules read such a tensor where it is, ``GraphContext.computed``, and it goes
+when nothing reads it any more).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx.reference import ReferenceEvaluator
 
 from ..graph import GraphContext, is_onnx_op
-from ..graph.shapes import CONTROL_FLOW, RANDOM_OPS
+from ..graph.evaluate import CONTROL_FLOW, RANDOM_OPS, evaluate
 from ..pattern import Rule
 
 MAX_ELEMENTS = 1 << 20
 NEVER = RANDOM_OPS | CONTROL_FLOW | {"Constant", "Identity", "Dropout"}
-
-
-def evaluate(node: gs.Node, values: list, opset: int) -> list[np.ndarray]:
-    """Run one node on constant inputs with the ONNX reference implementation."""
-    inputs = [gs.Variable(f"in{i}", dtype=v.dtype, shape=v.shape) if v is not None else gs.Variable.empty()
-              for i, v in enumerate(values)]
-    outputs = [gs.Variable(f"out{i}") for i in range(len(node.outputs))]
-    single = gs.Graph(nodes=[gs.Node(node.op, attrs=dict(node.attrs), inputs=inputs, outputs=outputs)],
-                      inputs=[t for t in inputs if t.name], outputs=outputs, opset=opset)
-    model = gs.export_onnx(single, do_type_check=False)
-    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
-    feeds = {t.name: v for t, v in zip(inputs, values) if v is not None}
-    return [np.asarray(r) for r in ReferenceEvaluator(model).run(None, feeds)]
 
 
 class FoldConstants(Rule):
@@ -79,8 +68,8 @@ class FoldConstants(Rule):
             except Exception as exc:  # an op the reference cannot run: leave it
                 ctx.decline(self.name, node, f"cannot evaluate: {str(exc).splitlines()[0][:120]}")
                 continue
-            if sum(r.size for r in results) > MAX_ELEMENTS:
-                continue
+            if sum(r.size for r in results) > min(MAX_ELEMENTS, sum(int(np.prod(i[0])) for i in infos if i is not None)):
+                continue  # it would add parameters (Expand of a scalar): rules read it in place (ctx.computed)
             self._replace(ctx, node, results)
 
     def _replace(self, ctx: GraphContext, node: gs.Node, results: list[np.ndarray]) -> None:
