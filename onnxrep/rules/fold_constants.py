@@ -15,7 +15,6 @@ when nothing reads it any more).
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph import GraphContext, is_onnx_op
