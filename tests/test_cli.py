@@ -61,6 +61,12 @@ def test_optimize_writes_verified_model_and_reports(block, tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["before"]["nodes"] == 6 and data["after"]["nodes"] == 2
     assert data["before"]["convs"] == 2 and data["after"]["convs"] == 1
+    # MACs per image at 16x16 (the batch is dynamic: counted as 1): 3x3 + 1x1 before, one 3x3 after
+    assert data["before"]["macs"] == 256 * C * C * 10 and data["after"]["macs"] == 256 * C * C * 9
+    assert data["before"]["macs_unknown"] == data["after"]["macs_unknown"] == 0
+    assert data["after"]["params"] == C * C * 9 + C < data["before"]["params"]
+    macs_row = next(line for line in stdout.splitlines() if line.startswith("MACs"))
+    assert macs_row.split()[1:] == [f"{256 * C * C * 10:,}", f"{256 * C * C * 9:,}", "-10.0%"]
     assert data["written"] is True
     rule = next(r for r in data["rules"] if r["name"] == "collapse-linear-regions")
     assert rule["rewrites"] == 1 and rule["nodes_removed"] == 4
