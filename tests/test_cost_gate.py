@@ -153,3 +153,18 @@ def test_zero_pad_after_a_1x1_stays_when_dims_are_dynamic():
         out, rep = run_opt(m)
         assert node_ops(out) == ["Conv", "Pad", "Relu"] and rep.after.macs == rep.before.macs
         assert_verifies(m, out, input_shapes={X: (1, 2, 5, 7)})
+
+
+def test_conv_bn_after_a_custom_op_folds_though_shapes_are_unknown():
+    """Found by the fuzzer: after a custom op, shape inference gives the conv no shape while the BN's
+    output (a graph output) has one; the conv was counted at 1 pixel and the BN at 36, so one conv
+    looked 48x dearer than the pair. A tensor of unknown size now takes the size of the tensors it
+    is elementwise with."""
+    c = 4
+    g = GraphBuilder(9)
+    h = g.node("MyAct", [X], domain="com.example")
+    y = g.bn(g.conv(h, c, 6, 3, pads=1), 6, output="y")
+    m = g.model({X: (1, c, 6, 6)}, [(y, (1, 6, 6, 6))], extra_opsets={"com.example": 1})
+    out, rep = run_opt(m)
+    assert node_ops(out) == ["MyAct", "Conv"]
+    assert not any("would cost" in r for r in reasons(rep)), reasons(rep)

@@ -17,6 +17,12 @@ from .linear_ops import spatial_crop, spatial_pads
 from .region_plans import ADD_NODE, Plan, Region, as_conv, channels_of, writable
 
 
+#: ops whose output has the size of their first input (elementwise on it)
+ELEMENTWISE = {"BatchNormalization", "Mul", "Add", "Sub", "Div", "Neg", "Identity", "Dropout", "Relu", "LeakyRelu",
+               "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf",
+               "Abs", "Sqrt", "Exp", "Log", "Cast"}
+
+
 class RegionCosts:
     def __init__(self, ctx: GraphContext):
         self.ctx = ctx
@@ -24,15 +30,48 @@ class RegionCosts:
         self.sizes: dict[str, tuple[SpatialSize, ...]] = {}
 
     def pixels(self, t: gs.Tensor):
-        """Output pixels of ``t`` per image: an int when its shape is static, else a ``Poly`` in ``n``."""
+        """Output pixels of ``t`` per image: an int when its shape is static, else a ``Poly`` in ``n``.
+
+        A tensor of unknown rank (after a custom op shape inference cannot see through) takes the
+        size of a neighbour it is elementwise with, so that a conv and the BN after it are counted
+        at one size; ``Poly([1])`` when none is known.
+        """
+        for u in self._same_size(t):
+            px = self._known_pixels(u)
+            if px is not None:
+                return px
+        return Poly([1])
+
+    def _known_pixels(self, t: gs.Tensor):
         shape = t.shape
         if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[2:]):
             return int(np.prod(shape[2:], dtype=np.int64))
         axes = self.spatial(t)
+        if axes is None:
+            return None
         px = Poly([1])
-        for ax in axes or ():
+        for ax in axes:
             px = px * ax.poly()
         return px
+
+    def _same_size(self, t: gs.Tensor, limit: int = 16):
+        """``t``, then the tensors it is elementwise with: up through producers, down through readers."""
+        yield t
+        u = t
+        for _ in range(limit):
+            p = u.inputs[0] if len(u.inputs) == 1 else None
+            data = [] if p is None or p.op not in ELEMENTWISE else [
+                i for i in p.inputs if i.name and self.ctx.constant_info(i) is None]
+            if len(data) != 1:
+                break
+            u = data[0]
+            yield u
+        u = t
+        for _ in range(limit):
+            if len(u.outputs) != 1 or u.outputs[0].op not in ELEMENTWISE or not u.outputs[0].outputs:
+                break
+            u = u.outputs[0].outputs[0]
+            yield u
 
     def spatial(self, t: gs.Tensor) -> tuple[SpatialSize, ...] | None:
         if t.name in self.sizes:
