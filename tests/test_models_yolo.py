@@ -1,4 +1,4 @@
-"""Tests of the YOLO reference networks (models/yolo.py): the authors' deploy conversions of single
+"""Tests of the YOLO reference networks (models/yolo/): the authors' deploy conversions of single
 blocks (RepVGGBlock, QARepVGGBlock, RepVGGDW, RepConv, Conv, IDetect) and of the three networks
 (yolov6_repconv, yolov10n_like, yolov7_implicit), with parameter and Conv2d counts."""
 from __future__ import annotations
