@@ -168,3 +168,26 @@ def test_conv_bn_after_a_custom_op_folds_though_shapes_are_unknown():
     out, rep = run_opt(m)
     assert node_ops(out) == ["MyAct", "Conv"]
     assert not any("would cost" in r for r in reasons(rep)), reasons(rep)
+
+
+def test_dynamic_sizes_follow_the_tensor_not_the_constant():
+    """Found by the fuzzer: ``Mul(c, x)`` with the constant first gave its output the size of the
+    constant (one static axis of 1), and every size after it was wrong (negative MACs at 32x32)."""
+    import onnx_graphsurgeon as gs
+    from onnxrep.cost import Poly, SpatialSize
+    from onnxrep.graph import GraphContext
+    from onnxrep.rules.region_costs import RegionCosts
+
+    g = GraphBuilder(10)
+    t = g.node("Mul", [g.init(np.ones((2, 1, 1), np.float32)), X])
+    y = g.node("Relu", [g.conv(t, 2, 3, 3, pads=[0, 1, 0, 1], strides=2)], "y")
+    m = g.model({X: (1, 2, "H", "W")}, [y])
+    graph = gs.import_onnx(m)
+    costs = RegionCosts(GraphContext(graph, 17))
+    for node in graph.nodes:
+        costs.note_sizes(node)
+    conv = next(n for n in graph.nodes if n.op == "Conv")
+    h = SpatialSize.of("H").window(3, 2, 0, 1)   # (H - 3) / 2 + 1
+    w = SpatialSize.of("W").window(3, 2, 2, 1)   # (W - 1) / 2 + 1
+    assert costs.sizes[conv.outputs[0].name] == (h, w)
+    assert costs.pixels(conv.outputs[0]) == h.poly() * w.poly() and costs.pixels(conv.outputs[0]) > Poly([0])

@@ -81,13 +81,14 @@ class RegionCosts:
 
     def note_sizes(self, node: gs.Node) -> None:
         """Sizes ``a n + b`` of outputs whose spatial dims are dynamic: from the input's, op by op."""
-        if not node.inputs or node.inputs[0].name == "" or not is_onnx_op(node):
+        if not node.inputs or not is_onnx_op(node):
             return
         out = node.outputs[0] if node.outputs else None
         if out is None or (out.shape is not None and len(out.shape) >= 2
                            and all(isinstance(d, int) for d in out.shape[2:])):
             return
-        axes = self.spatial(node.inputs[0])
+        data = [t for t in node.inputs if t.name and self.ctx.constant_info(t) is None]
+        axes = self.spatial(data[0]) if data else None  # Mul(c, x): the tensor, not the constant
         if axes is None:
             return
         n = len(axes)
