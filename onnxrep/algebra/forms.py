@@ -20,17 +20,27 @@ import numpy as np
 from .errors import NotRepresentable
 
 
-def cast_back(dtype, *arrays: np.ndarray) -> list[np.ndarray]:
-    """The float64 results cast to the model's ``dtype``; ``NotRepresentable`` if any overflows it.
-
-    A merged float16 weight past 65504 would otherwise be written as inf.
-    """
+def overflow(dtype, *arrays: np.ndarray) -> str | None:
+    """Why ``arrays`` cannot be written in ``dtype`` (``None`` if they can): a value beyond the
+    float range (a merged float16 weight past 65504 would be inf), or not finite. Reads the
+    extremes only, no copy."""
     dtype = np.dtype(dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        cast = [np.asarray(a).astype(dtype) for a in arrays]
-    if not all(np.all(np.isfinite(c)) for c in cast if c.dtype.kind == "f"):
-        raise NotRepresentable(f"merged weights overflow {dtype.name}")
-    return cast
+    if dtype.kind != "f":
+        return None
+    limit = float(np.finfo(dtype).max)
+    for a in arrays:
+        a = np.asarray(a)
+        if a.size and not (-limit <= float(np.min(a)) and float(np.max(a)) <= limit):
+            return f"merged weights overflow {dtype.name}"
+    return None
+
+
+def cast_back(dtype, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The float64 results cast to the model's ``dtype``; ``NotRepresentable`` if any overflows it."""
+    reason = overflow(dtype, *arrays)
+    if reason:
+        raise NotRepresentable(reason)
+    return [np.asarray(a).astype(np.dtype(dtype)) for a in arrays]
 
 
 def f64(a) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..algebra import (AffineForm, ConvForm, NotRepresentable, add, affine_as_conv, affine_sum, affine_then_affine,
-                       affine_then_conv, compose, conv_then_affine)
+                       affine_then_conv, compose, conv_then_affine, overflow)
 from ..cost import ZERO, Cost
 
 #: plans kept per region at most (the merged one, the cheapest others, and one that writes nothing)
@@ -201,20 +201,11 @@ def combine(terms: list[Form], term_cost: Callable[[Form], Cost]) -> tuple[list[
 
 
 def writable(form: ConvForm, dtype) -> str | None:
-    """Why ``form`` cannot be written as a Conv of ``dtype`` (``None`` if it can).
-
-    Negative pads (a crop) have no Conv; a float16 weight past 65504 would be inf. The range
-    test reads the arrays' extremes only (no copy).
-    """
+    """Why ``form`` cannot be written as a Conv of ``dtype`` (``None`` if it can): negative pads (a
+    crop) have no Conv; a float16 weight past 65504 would be inf."""
     if any(p < 0 for p in form.pads):
         return "the merged conv would need negative padding"
-    dt = np.dtype(dtype or np.float32)
-    if dt.kind == "f":
-        limit = float(np.finfo(dt).max)
-        for a in (form.weight, form.bias):
-            if a.size and not (-limit <= float(np.min(a)) and float(np.max(a)) <= limit):
-                return f"merged weights overflow {dt.name}"
-    return None
+    return overflow(dtype or np.float32, form.weight, form.bias)
 
 
 def precision_rtol(dtype) -> float:
