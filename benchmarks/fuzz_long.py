@@ -208,7 +208,10 @@ Mul / Add / Sub / Div. Branches:
 - **KxK -> 1x1** (a compactor), with a BN in between or not.
 
 Other blocks: **ConvTranspose** (groups, strides, pads, output_padding, dilations) + BN / Mul;
-marked pairs and chains (below); in float16, 15% of the models end with a block whose merged
+**exact but costlier** blocks: a depthwise KxK (+BN) -> 1x1 expansion with no activation between,
+a 1x1 reduction -> KxK whose reduction is narrow enough that one conv costs more, a depthwise KxK
+beside a dense 1x1 (each +BN), stride-2 variants, an affine after; marked pairs and chains
+(below); in float16, 15% of the models end with a block whose merged
 weights exceed 65504 while the reference stays finite (the fold must be declined with a reason).
 After the chain, 12% of the models get a head `GlobalAveragePool -> Flatten -> Gemm` (transB,
 alpha, beta, C of shape `(K,)`, `(1,K)`, `()` or none) or `MatMul (+Add)`, then a BN on the 2-D
@@ -217,8 +220,8 @@ output.
 Marked regions (between non-linear boundaries): a pair that is not one conv in truth (a conv plus
 a conv of `Relu(x)`, a shifted pre-affine before a zero-padding conv on an axis with >= 2 outputs,
 or a conv with another stride and the same output size) and a 1x1 -> KxK chain whose border value
-is not the 1x1 path's value at zero (on an axis with >= 2 outputs): their Conv count must not
-change. A 1x1 -> KxK chain that *is* one conv by the standard folds is marked the other way:
+is not the 1x1 path's value at zero (on an axis with >= 2 outputs), and the exact-but-costlier
+blocks above: their Conv count must not change. A 1x1 -> KxK chain that *is* one conv by the standard folds is marked the other way:
 float32 regions left unmerged are counted as missed merges (a statistic, not a failure).
 
 Also: float32 (75%) or float16 (small weights), opsets 11 to the newest onnxruntime loads, dynamic
@@ -236,7 +239,9 @@ For every example: `onnxrep.optimize(model)` does not raise and does not modify 
 output passes the full checker; `onnxrep.verify(model, out)` passes with rtol 1e-4 / atol 1e-5
 in float32 and rtol 2e-2 / atol 2e-3 in float16 (onnxruntime's CPU float16 kernels round every
 intermediate tensor to float16, the merged model rounds once), on both branches of an If, with
-batch 2 and 13x14 maps for dynamic dims; the node count never grows; graph inputs and outputs keep
+batch 2 and 13x14 maps for dynamic dims; the node count never grows; the parameters never grow,
+nor the MACs (`onnxrep.cost`, dynamic dims at 1 and 32) when shape inference gives every
+MAC-bearing node a shape on both sides (a custom op stops it); graph inputs and outputs keep
 names, dtypes and dims including dim_params; marked unmergeable regions keep their Conv count;
 every Relu / activation / custom-domain node keeps its op, domain, inputs, outputs and
 attributes; an fp16 overflow is declined with a reason mentioning it; If nodes survive. A model
@@ -291,7 +296,22 @@ FIXED_BUGS = """- **spatial-constant-crash**: `Add(x, c)` with `c` of shape `(W,
 - **border-fill-growth**: `Pad` + a single border write became `Sub, Pad, Add` (one node more).
   Fixed: a border region must have at least two writes to be canonicalized.
 - **scatter-reduction** (found by the DBB tests): a ScatterND with `reduction="max"` was treated
-  as data movement. Fixed: scatters with a reduction end the region."""
+  as data movement. Fixed: scatters with a reduction end the region.
+- **shared-weight-copy** (cost property): a branch conv sharing its weight with another conv was
+  merged with its BN and the weight copied (parameters 20 -> 36). Fixed: parameters are counted per
+  plan over the whole region; a constant with a reader outside stays.
+- **pad-border-macs** (cost property, dynamic dims): a 1x1 conv took the following zero Pad as its
+  padding and computed the border too (MACs 8,192 -> 8,320 at 32x32), because relative pixel counts
+  ignored pads. Fixed: dynamic sizes are `a n + b` and pixel counts polynomials.
+- **expand-zero-bias-params** (cost property): `Expand(CastLike(0), [8])` was folded into 8 zeros,
+  after which a Conv + Add + Div merge looked cheaper than it was (464 -> 468 parameters). Fixed:
+  folding never grows a constant; rules read such tensors in place.
+- **unknown-size-after-custom-op** (overflow decline missing): after a custom op a conv had no
+  shape and counted 1 pixel while its BN output had 36, so a conv + BN fold looked 48x dearer and
+  the expected float16 overflow decline never came. Fixed: a tensor of unknown size takes the size
+  of the tensors it is elementwise with.
+- **constant-first-size** (cost property, dynamic dims): `Mul(c, x)` took the constant's size, and
+  every size after it was wrong (MACs 2,670,944 -> 2,675,040). Fixed: sizes follow the data input."""
 
 
 def main(argv=None) -> int:
