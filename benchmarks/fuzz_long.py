@@ -221,8 +221,9 @@ Marked regions (between non-linear boundaries): a pair that is not one conv in t
 a conv of `Relu(x)`, a shifted pre-affine before a zero-padding conv on an axis with >= 2 outputs,
 or a conv with another stride and the same output size) and a 1x1 -> KxK chain whose border value
 is not the 1x1 path's value at zero (on an axis with >= 2 outputs), and the exact-but-costlier
-blocks above: their Conv count must not change. A 1x1 -> KxK chain that *is* one conv by the standard folds is marked the other way:
-float32 regions left unmerged are counted as missed merges (a statistic, not a failure).
+blocks above: their Conv count must not change. A 1x1 -> KxK chain that *is* one conv by the
+standard folds is marked the other way: float32 regions left unmerged, where onnxrep does not say
+that one conv would cost more, are counted as missed merges (a statistic, not a failure).
 
 Also: float32 (75%) or float16 (small weights), opsets 11 to the newest onnxruntime loads, dynamic
 batch (`dim_param`) in 30% of the models and dynamic spatial dims in 6%, a branch tensor that is
