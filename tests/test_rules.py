@@ -1401,3 +1401,47 @@ def test_if_bodies_are_optimized(cond):
         assert [n.op_type for n in body.node] == ["Conv", "Relu"], [n.op_type for n in body.node]
     assert rewrites(rep) == {COLLAPSE: 2}
     assert_verifies(m, out)
+
+
+# =========================================================================== activations runtimes fuse
+def _gelu(g, x):
+    """The exporters' GELU: x * (erf(x / sqrt 2) + 1) * 0.5."""
+    e = g.node("Erf", [g.node("Div", [x, g.init(np.float32(np.sqrt(2)))])])
+    return g.node("Mul", [g.node("Mul", [x, g.node("Add", [e, g.init(np.float32(1.0))])]), g.init(np.float32(0.5))])
+
+
+def _hardswish(g, x):
+    """x * clip(x + 3, 0, 6) / 6."""
+    c = g.node("Clip", [g.node("Add", [x, g.init(np.float32(3.0))]), g.init(np.float32(0.0)), g.init(np.float32(6.0))])
+    return g.node("Div", [g.node("Mul", [x, c]), g.init(np.float32(6.0))])
+
+
+@pytest.mark.parametrize("act,gate", [(_gelu, "Erf"), (_hardswish, "Clip")])
+def test_activation_scale_is_not_folded_into_the_next_conv(act, gate, tmp_path):
+    """conv -> GELU -> conv (ConvFFN, RepViT's channel mixer): folding GELU's trailing * 0.5 into the
+    second conv is exact, but onnxruntime then no longer fuses the GELU (FastViT-T8 ran 10% slower)."""
+    g = GraphBuilder(160)
+    y = g.conv(act(g, g.conv(X, 4, 8, 1)), 8, 4, 1, output="y")
+    m = g.model({X: (1, 4, 5, 5)}, [y])
+    out, rep = run_opt(m)
+    assert op_histogram(out) == op_histogram(m)
+    assert any(r.startswith(f"left to the {gate}-gated activation") for r in reasons(rep)), reasons(rep)
+    assert_verifies(m, out)
+    if gate == "Erf":  # and onnxruntime does fuse it
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / "ort.onnx")
+        ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        assert "Gelu" in {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+
+
+def test_a_per_channel_scale_after_a_gated_activation_still_folds():
+    """Only a scalar is an activation's own scale: a per-channel layer scale after x * sigmoid(x) folds."""
+    g = GraphBuilder(161)
+    h = g.conv(X, 4, 8, 1)
+    s = g.node("Mul", [g.node("Mul", [h, g.node("Sigmoid", [h])]), g.chan_const(8)])
+    y = g.conv(s, 8, 4, 1, output="y")
+    m = g.model({X: (1, 4, 5, 5)}, [y])
+    out, rep = run_opt(m)
+    assert op_histogram(out) == {"Conv": 2, "Sigmoid": 1, "Mul": 1}
+    assert_verifies(m, out)

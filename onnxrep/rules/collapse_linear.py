@@ -40,7 +40,8 @@ import onnx_graphsurgeon as gs
 from ..algebra import AffineForm, ConvForm, NotRepresentable, avgpool, cast_back, pad_pointwise
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..pattern import Rule
-from .linear_ops import avgpool_params, bn_form, constant_affine, conv_form, spatial_crop, spatial_pads
+from .linear_ops import (activation_scale, avgpool_params, bn_form, constant_affine, conv_form, spatial_crop,
+                         spatial_pads)
 from .region_costs import RegionCosts
 from .region_plans import (Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
                            precision_rtol, prune, then)
@@ -137,6 +138,10 @@ class _Walk:
                 raise
         if op in ("Mul", "Add", "Sub", "Div", "Neg"):
             found = constant_affine(self.ctx, node)
+            gate = activation_scale(self.ctx, node) if found is not None else None
+            if gate is not None:
+                self.ctx.decline(self.rule, node, f"left to the {gate} it scales (runtimes fuse it whole)")
+                return None
             if found is not None:
                 x, aff = found
                 return self.unary(node, affine=aff, x=x)
