@@ -194,18 +194,34 @@ class GraphContext:
         elif depth >= COMPUTED_MAX_DEPTH:
             return None  # not remembered: a shallower question may still find it
         else:
-            value = None
-            values = [None if self.is_absent(t) else self._value(t, depth + 1) for t in node.inputs]
-            if all(v is not None or self.is_absent(t) for v, t in zip(values, node.inputs)) \
-                    and sum(v.size for v in values if v is not None) <= COMPUTED_MAX_ELEMENTS:
-                try:
-                    value = evaluate(node, values, self.opset)[0]
-                except Exception:  # an op the reference implementation cannot run
-                    value = None
-                if value is not None and value.size > COMPUTED_MAX_ELEMENTS:
-                    value = None
+            value = self._evaluate(node, depth)
         self._computed[id(tensor)] = (tensor, value)
         return value
+
+    def _evaluate(self, node: gs.Node, depth: int) -> np.ndarray | None:
+        """``node``'s output if every input is a small constant; sizes are read before any value is
+        loaded (a weight in external data stays on disk)."""
+        size = 0
+        for t in node.inputs:
+            if self.is_absent(t):
+                continue
+            if isinstance(t, gs.Constant):
+                if t.name in self.overridable:
+                    return None
+                size += int(np.prod(t.shape, dtype=np.int64))
+            else:
+                v = self._value(t, depth + 1)
+                if v is None:
+                    return None
+                size += v.size
+            if size > COMPUTED_MAX_ELEMENTS:
+                return None
+        values = [None if self.is_absent(t) else self._value(t, depth + 1) for t in node.inputs]
+        try:
+            value = evaluate(node, values, self.opset)[0]
+        except Exception:  # an op the reference implementation cannot run
+            return None
+        return value if value.size <= COMPUTED_MAX_ELEMENTS else None
 
     # --------------------------------------------------------------- mutation
     def unique_name(self, hint: str) -> str:
