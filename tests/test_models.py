@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -14,19 +13,9 @@ from torch import nn
 import models
 from models import MODELS, ACBlock, RepVGGBlock, build, export_onnx, export_pair
 from models.common import conv_bn, fuse_conv_bn, randomize_bn_, seed_everything
+from torch_ref import assert_relative as _assert_close
 
 torch.set_num_threads(2)
-
-
-def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    return float(np.abs(y - ref).max()), float(np.abs(ref).max())
-
-
-def _assert_close(y, ref, rtol=1e-4):
-    err, scale = _rel_err(y, ref)
-    assert scale > 0
-    assert err <= rtol * scale, f"max abs err {err:.3e} > {rtol:g} * max|y| ({scale:.3e})"
 
 
 # ---------------------------------------------------------------------------- common

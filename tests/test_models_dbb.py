@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -16,16 +15,9 @@ from models import MODELS, build, export_onnx
 from models.common import randomize_bn_, seed_everything
 from models.dbb import (BNAndPadLayer, DiverseBranchBlock, IdentityBasedConv1x1,
                         dbb_model_convert, randomize_idconv_, transV_avg)
+from torch_ref import assert_relative as _assert_close
 
 torch.set_num_threads(2)
-
-
-def _assert_close(y, ref, rtol=1e-4):
-    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert y.shape == ref.shape
-    err, scale = float(np.abs(y - ref).max()), float(np.abs(ref).max())
-    assert scale > 0
-    assert err <= rtol * scale, f"max abs err {err:.3e} > {rtol:g} * max|y| ({scale:.3e})"
 
 
 def _convs(m: nn.Module) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -16,16 +15,9 @@ from models.export import export_onnx
 from models.fastvit import (ConvFFN, MobileOneBlock, PatchEmbed, RepCPE, RepMixer,
                             ReparamLargeKernelConv, fastvit_model_convert, fastvit_t8,
                             randomize_layer_scale_)
+from torch_ref import assert_relative as _assert_close
 
 torch.set_num_threads(2)
-
-
-def _assert_close(y, ref, rtol):
-    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert y.shape == ref.shape
-    err, scale = float(np.abs(y - ref).max()), float(np.abs(ref).max())
-    assert scale > 0
-    assert err <= rtol * scale, f"max abs err {err:.3e} > {rtol:g} * max|y| ({scale:.3e})"
 
 
 def _prepare(module: nn.Module, seed: int = 0) -> nn.Module:

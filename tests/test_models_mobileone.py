@@ -2,7 +2,6 @@
 single MobileOneBlocks and of MobileOne-S0, and a legacy-exporter ONNX round trip."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -13,16 +12,9 @@ from models.common import count_convs, randomize_bn_, seed_everything
 from models.export import export_onnx
 from models.mobileone import (PARAMS, MobileOne, MobileOneBlock, SEBlock, mobileone,
                               mobileone_model_convert, mobileone_s0, reparameterize_model)
+from torch_ref import assert_relative as _assert_close
 
 torch.set_num_threads(2)
-
-
-def _assert_close(y, ref, rtol=1e-4):
-    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert y.shape == ref.shape
-    err, scale = float(np.abs(y - ref).max()), float(np.abs(ref).max())
-    assert scale > 0
-    assert err <= rtol * scale, f"max abs err {err:.3e} > {rtol:g} * max|y| ({scale:.3e})"
 
 
 def _branch_convs(m: nn.Module) -> int:

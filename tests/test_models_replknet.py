@@ -3,7 +3,6 @@ single ReparamLargeKernelConvs / RepLKBlocks and of the small RepLKNet, and a le
 ONNX round trip."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -15,20 +14,9 @@ from models.common import count_convs, fuse_conv_bn, randomize_bn_, seed_everyth
 from models.export import export_onnx
 from models.replknet import (ConvFFN, DropPath, RepLKBlock, ReparamLargeKernelConv,
                              replknet_31b, replknet_model_convert, replknet_tiny)
+from torch_ref import assert_relative as _assert_close, count_modules as _n
 
 torch.set_num_threads(2)
-
-
-def _assert_close(y, ref, rtol=1e-4):
-    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert y.shape == ref.shape
-    err, scale = float(np.abs(y - ref).max()), float(np.abs(ref).max())
-    assert scale > 0
-    assert err <= rtol * scale, f"max abs err {err:.3e} > {rtol:g} * max|y| ({scale:.3e})"
-
-
-def _n(model: nn.Module, cls) -> int:
-    return sum(isinstance(m, cls) for m in model.modules())
 
 
 def _seeded(module: nn.Module, seed: int = 0) -> nn.Module:

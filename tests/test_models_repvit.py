@@ -3,7 +3,6 @@ official ``replace_batchnorm`` deploy conversion of blocks and of RepViT-M0.9, a
 a small RepViT with the legacy exporter."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -16,24 +15,13 @@ from models.export import export_onnx
 from models.repvit import (M0_9_CFGS, BN_Linear, Classfier, Conv2d_BN, RepVGGDW, RepViT,
                            RepViTBlock, Residual, SqueezeExcite, repvit_m0_9,
                            repvit_model_convert)
+from torch_ref import assert_relative, count_modules as _n, param_count as _params
 
 torch.set_num_threads(2)
 
 
 def _assert_close(y, ref, rtol=1e-5):
-    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert y.shape == ref.shape
-    err, scale = float(np.abs(y - ref).max()), float(np.abs(ref).max())
-    assert scale > 0
-    assert err <= rtol * scale, f"max abs err {err:.3e} > {rtol:g} * max|y| ({scale:.3e})"
-
-
-def _n(model: nn.Module, cls) -> int:
-    return sum(isinstance(m, cls) for m in model.modules())
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    assert_relative(y, ref, rtol)
 
 
 def _random(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,6 +13,7 @@ from models.common import count_convs, randomize_bn_, seed_everything
 from models.yolo import (C2fCIB, ConvModule, IDetect, PSA, QARepVGGBlock, RepConv, RepVGGBlock, RepVGGDW,
                          SCDown, Conv, v10Detect, yolov6_model_convert, yolov6_repconv, yolov7_implicit,
                          yolov7_model_convert, yolov10_model_convert, yolov10n_like)
+from torch_ref import assert_relative as _assert_close, param_count as _params
 
 
 
@@ -27,24 +27,12 @@ def _one_thread():
     torch.set_num_threads(saved)
 
 
-def _assert_close(y, ref, rtol):
-    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert y.shape == ref.shape
-    err, scale = float(np.abs(y - ref).max()), float(np.abs(ref).max())
-    assert scale > 0
-    assert err <= rtol * scale, f"max abs err {err:.3e} > {rtol:g} * max|y| ({scale:.3e})"
-
-
 def _convs(m: nn.Module) -> int:
     return sum(isinstance(c, nn.Conv2d) for c in m.modules())
 
 
 def _bns(m: nn.Module) -> int:
     return sum(isinstance(c, nn.BatchNorm2d) for c in m.modules())
-
-
-def _params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def _ready(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -38,3 +38,22 @@ def assert_close(actual, ref, rtol: float = 1e-9) -> None:
     err = float(np.max(np.abs(actual - ref)))
     bound = rtol * (1.0 + float(np.max(np.abs(ref))))
     assert err <= bound, f"max abs diff {err:.3e} > {bound:.3e}"
+
+
+def assert_relative(y, ref, rtol: float = 1e-4) -> None:
+    """``max |y - ref| <= rtol * max |ref|``: the reference networks' tolerance (same shapes, a reference
+    that is not all zero)."""
+    y, ref = np.asarray(y, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert y.shape == ref.shape, (y.shape, ref.shape)
+    err, scale = float(np.abs(y - ref).max()), float(np.abs(ref).max())
+    assert scale > 0
+    assert err <= rtol * scale, f"max abs err {err:.3e} > {rtol:g} * max|y| ({scale:.3e})"
+
+
+def count_modules(model, cls) -> int:
+    """Modules of type ``cls`` in ``model``."""
+    return sum(isinstance(m, cls) for m in model.modules())
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
