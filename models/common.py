@@ -84,6 +84,17 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def make_divisible(v, divisor, min_value=None) -> int:
+    """Channel rounding of the TF MobileNet code, as the official RepGhost and RepViT code use it: the
+    multiple of ``divisor`` nearest to ``v`` (at least ``min_value``), never 10% below ``v``."""
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
 def count_convs(model: nn.Module) -> int:
     """Number of ``nn.Conv2d`` modules in ``model``."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())

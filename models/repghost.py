@@ -31,23 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import deploy_conv, fuse_conv_bn
+from .common import deploy_conv, fuse_conv_bn, make_divisible as _make_divisible
 
 __all__ = ["hard_sigmoid", "SqueezeExcite", "ConvBnAct", "RepGhostModule", "RepGhostBottleneck",
            "RepGhostNet", "repghostnet", "repghost_0_5", "repghostnet_0_5x",
            "repghost_model_convert"]
 
 _F64 = torch.float64
-
-
-def _make_divisible(v, divisor, min_value=None):
-    """Channel rounding of the TF MobileNet code (as in the official RepGhost code)."""
-    if min_value is None:
-        min_value = divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:  # make sure that round down does not go down by more than 10%
-        new_v += divisor
-    return new_v
 
 
 def hard_sigmoid(x, inplace: bool = False):

@@ -36,23 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import deploy_conv, fuse_conv_bn
+from .common import deploy_conv, fuse_conv_bn, make_divisible as _make_divisible
 
 __all__ = ["Conv2d_BN", "Residual", "RepVGGDW", "SqueezeExcite", "RepViTBlock", "BN_Linear",
            "Classfier", "RepViT", "repvit_m0_9", "repvit_model_convert", "replace_batchnorm",
            "M0_9_CFGS"]
 
 _F64 = torch.float64
-
-
-def _make_divisible(v, divisor, min_value=None):
-    """Channel rounding of the TF MobileNet code (as in the official RepViT code)."""
-    if min_value is None:
-        min_value = divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:  # make sure that round down does not go down by more than 10%
-        new_v += divisor
-    return new_v
 
 
 def _timm_make_divisible(v, divisor=8, min_value=None, round_limit=.9):

@@ -10,26 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import count_convs, randomize_bn_, seed_everything
+from models.common import count_convs, seed_everything
 from models.export import export_onnx
 from models.repghost import (RepGhostBottleneck, RepGhostModule, RepGhostNet, SqueezeExcite,
                              hard_sigmoid, repghost_0_5, repghost_model_convert)
-from torch_ref import assert_relative, count_modules as _n, param_count as _params
+from torch_ref import (assert_relative, count_modules as _n, param_count as _params,
+                       randomized_eval as _random, seeded_input as _x)
 
 torch.set_num_threads(2)
 
-
-def _assert_close(y, ref, rtol=1e-5):
-    assert_relative(y, ref, rtol)
-
-
-def _random(module: nn.Module, seed: int = 0) -> nn.Module:
-    randomize_bn_(module, seed)
-    return module.eval()
-
-
-def _x(*shape, seed=1, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +45,7 @@ def test_repghost_module_switch_to_deploy(inp, oup, relu, reparam_bn, reparam_id
             assert mod.fusion_bn[0](x1).abs().max() > 1e-2
         mod.switch_to_deploy()
         y = mod(x)
-    _assert_close(y, ref)
+    assert_relative(y, ref, 1e-5)
     cheap = mod.cheap_operation
     assert isinstance(cheap, nn.Conv2d) and cheap.bias is not None and cheap.groups == oup
     assert cheap.kernel_size == (3, 3) and cheap.padding == (1, 1) and cheap.stride == (1, 1)
@@ -79,7 +68,7 @@ def test_module_switch_to_deploy_in_float64():
         ref = mod(x)
         mod.switch_to_deploy()
         assert mod.cheap_operation.weight.dtype == torch.float64
-        _assert_close(mod(x), ref, 1e-12)
+        assert_relative(mod(x), ref, 1e-12)
 
 
 def test_se_uses_hard_sigmoid():
@@ -89,7 +78,7 @@ def test_se_uses_hard_sigmoid():
     x = _x(2, 36, 5, 5)
     with torch.no_grad():
         s = se.conv_expand(F.relu(se.conv_reduce(x.mean((2, 3), keepdim=True))))
-        _assert_close(se(x), x * torch.clamp(s + 3, 0, 6) / 6, 1e-6)
+        assert_relative(se(x), x * torch.clamp(s + 3, 0, 6) / 6, 1e-6)
     t = torch.linspace(-5, 5, 41)
     assert torch.allclose(hard_sigmoid(t), F.hardsigmoid(t))
 
@@ -105,7 +94,7 @@ def test_bottleneck_deploy(cin, mid, cout, k, stride, se):
         ref = blk(x)
         dep = repghost_model_convert(blk).eval()
         y = dep(x)
-    _assert_close(y, ref)
+    assert_relative(y, ref, 1e-5)
     n_convs = 4 + (stride > 1) + 2 * (se > 0) + 2 * (cin != cout or stride > 1)
     assert count_convs(blk) == count_convs(dep) == n_convs  # the merge removes BNs, not convs
     assert _n(blk, nn.BatchNorm2d) - _n(dep, nn.BatchNorm2d) == 4
@@ -143,7 +132,7 @@ def test_net_deploy_form(net):
     fresh.load_state_dict(deploy.state_dict(), strict=True)
     x = _x(1, 3, 64, 64)
     with torch.no_grad():
-        _assert_close(fresh(x), deploy(x), 0)
+        assert_relative(fresh(x), deploy(x), 0)
 
 
 @pytest.mark.parametrize("size,batch", [(64, 2), (224, 1)])
@@ -153,7 +142,7 @@ def test_net_train_vs_deploy(net, size, batch):
     with torch.no_grad():
         ref, y = train(x), deploy(x)
     assert ref.shape == (batch, 1000) and float(ref.std()) > 1e-2
-    _assert_close(y, ref)
+    assert_relative(y, ref, 1e-5)
 
 
 # ---------------------------------------------------------------------------- export
@@ -175,7 +164,7 @@ def test_small_net_legacy_export(constant_folding, tmp_path):
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         (y,) = sess.run(None, {"input": x.numpy()})
         with torch.no_grad():
-            _assert_close(y, model(x), 1e-4)
+            assert_relative(y, model(x), 1e-4)
     # 4 bottlenecks (2 with stride 2 and a conv shortcut, 2 with SE): 8 RepGhostModules
     assert ops["train"].count("Conv") == ops["deploy"].count("Conv") == count_convs(train) == 29
     n_bn = _n(train, nn.BatchNorm2d)

@@ -10,27 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import count_convs, randomize_bn_, seed_everything
+from models.common import count_convs, seed_everything
 from models.export import export_onnx
 from models.repvit import (M0_9_CFGS, BN_Linear, Classfier, Conv2d_BN, RepVGGDW, RepViT,
                            RepViTBlock, Residual, SqueezeExcite, repvit_m0_9,
                            repvit_model_convert)
-from torch_ref import assert_relative, count_modules as _n, param_count as _params
+from torch_ref import (assert_relative, count_modules as _n, param_count as _params,
+                       randomized_eval as _random, seeded_input as _x)
 
 torch.set_num_threads(2)
 
-
-def _assert_close(y, ref, rtol=1e-5):
-    assert_relative(y, ref, rtol)
-
-
-def _random(module: nn.Module, seed: int = 0) -> nn.Module:
-    randomize_bn_(module, seed)
-    return module.eval()
-
-
-def _x(*shape, seed=1, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +45,7 @@ def test_conv2d_bn_fuse(a, b, ks, stride, pad, groups):
     assert isinstance(conv, nn.Conv2d) and conv.bias is not None and conv.weight.dtype == torch.float32
     assert (conv.kernel_size, conv.stride, conv.padding, conv.groups) == ((ks, ks), (stride,) * 2, (pad,) * 2, groups)
     with torch.no_grad():
-        _assert_close(conv(x), cb(x))
+        assert_relative(conv(x), cb(x), 1e-5)
 
 
 def test_repvggdw_fuse():
@@ -72,8 +61,8 @@ def test_repvggdw_fuse():
         y2 = repvit_model_convert(blk)(x)
     assert isinstance(conv, nn.Conv2d) and conv.groups == 16 and conv.kernel_size == (3, 3)
     assert conv.padding == (1, 1) and conv.bias is not None
-    _assert_close(y, ref)
-    _assert_close(y2, ref)
+    assert_relative(y, ref, 1e-5)
+    assert_relative(y2, ref, 1e-5)
     # the post-BN matters: dropping it changes the output
     with torch.no_grad():
         assert (blk.conv(x) + blk.conv1(x) + x - ref).abs().max() > 1e-2 * ref.abs().max()
@@ -87,7 +76,7 @@ def test_repvggdw_fuse_in_float64():
         ref = blk(x)
         conv = blk.fuse()
         assert conv.weight.dtype == torch.float64
-        _assert_close(conv(x), ref, 1e-12)
+        assert_relative(conv(x), ref, 1e-12)
 
 
 def test_residual_fuse():
@@ -99,8 +88,8 @@ def test_residual_fuse():
     with torch.no_grad():
         ref_dw, ref_conv = dw(x), res_conv(x)
         fused_dw, fused_conv = dw.fuse(), res_conv.fuse()
-        _assert_close(fused_dw(x), ref_dw)
-        _assert_close(fused_conv(x), ref_conv)
+        assert_relative(fused_dw(x), ref_dw, 1e-5)
+        assert_relative(fused_conv(x), ref_conv, 1e-5)
     assert isinstance(fused_dw, nn.Conv2d) and fused_conv is conv  # official: in place
     other = Residual(nn.Sequential(Conv2d_BN(8, 8), nn.GELU()))
     assert other.fuse() is other
@@ -116,10 +105,10 @@ def test_bn_linear_and_classifier_fuse(distillation):
         lin = head.fuse()
         y = lin(x)
     assert isinstance(lin, nn.Linear) and lin.weight.shape == (10, 24)
-    _assert_close(y, ref)
+    assert_relative(y, ref, 1e-5)
     bl = _random(BN_Linear(24, 10, bias=False))
     with torch.no_grad():
-        _assert_close(bl.fuse()(x), bl(x))
+        assert_relative(bl.fuse()(x), bl(x), 1e-5)
 
 
 @pytest.mark.parametrize("channels,rd", [(48, 16), (96, 24), (192, 48), (384, 96)])
@@ -130,7 +119,7 @@ def test_squeeze_excite_is_timms(channels, rd):
     x = _x(2, channels, 5, 6)
     with torch.no_grad():
         s = se.fc2(F.relu(se.fc1(x.mean((2, 3), keepdim=True))))
-        _assert_close(se(x), x * torch.sigmoid(s), 1e-6)
+        assert_relative(se(x), x * torch.sigmoid(s), 1e-6)
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -145,7 +134,7 @@ def test_repvit_block_deploy(inp, oup, stride, use_se):
         assert blk.channel_mixer.m(blk.token_mixer(x)).abs().max() > 1e-2  # randomized zero-init BN
         dep = repvit_model_convert(blk).eval()
         y = dep(x)
-    _assert_close(y, ref)
+    assert_relative(y, ref, 1e-5)
     assert _n(blk, RepVGGDW) == (stride == 1) and _n(dep, RepVGGDW) == 0
     assert _n(dep, nn.modules.batchnorm._BatchNorm) == 0
     n_se_convs = 2 * use_se
@@ -189,7 +178,7 @@ def test_m0_9_train_vs_deploy(m0_9, size, batch):
     with torch.no_grad():
         ref, y = train(x), deploy(x)
     assert ref.shape == (batch, 1000) and float(ref.std()) > 1e-2
-    _assert_close(y, ref)
+    assert_relative(y, ref, 1e-5)
 
 
 # ---------------------------------------------------------------------------- export
@@ -208,7 +197,7 @@ def test_small_repvit_legacy_export(constant_folding, tmp_path):
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         (y,) = sess.run(None, {"input": x.numpy()})
         with torch.no_grad():
-            _assert_close(y, model(x), 1e-4)
+            assert_relative(y, model(x), 1e-4)
     # 3 RepVGGDW (dw 3x3 + dw 1x1 + post-BN each), 1 stride-2 block, 2 SE
     assert ops["train"].count("Conv") == count_convs(train) == 22
     assert ops["deploy"].count("Conv") == count_convs(deploy) == 19

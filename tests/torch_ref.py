@@ -57,3 +57,15 @@ def count_modules(model, cls) -> int:
 
 def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def seeded_input(*shape, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    """A standard-normal input of ``shape`` from its own generator (independent of the global seed)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def randomized_eval(module, seed: int = 0):
+    """``module`` with random BN statistics and affine parameters, in eval mode."""
+    from models.common import randomize_bn_
+    randomize_bn_(module, seed)
+    return module.eval()
