@@ -306,12 +306,12 @@ def run_mode(network: str, mode: str, shape: tuple[int, ...], tmp: str, seed: in
 
 # --------------------------------------------------------------------------- tables
 
-MAIN_HEADER = ["network", "nodes t/o/d", "Convs t/o/d", "params t/o/d", "MACs t/o/d", "max abs err",
+MAIN_HEADER = ["network", "nodes t/o/d", "Convs t/o/d", "params t/o/d", "MACs t/o/d", "max abs err (rel)",
                "onnxrep time", "ORT train ms", "ORT opt ms", "ORT deploy ms", "opt vs deploy",
                "paired opt/deploy", "ORT-fused graph opt = deploy"]
 PARITY_HEADER = ["network", "exporter", "nodes t/o/d", "Convs t/o/d", "params t/o/d", "MACs t/o/d",
                  "opt = deploy graph",
-                 "max abs err", "verify", "onnxrep time"]
+                 "max abs err (rel)", "verify", "onnxrep time"]
 
 
 def _tod(stats, attr) -> str:
@@ -327,13 +327,17 @@ def _millions(stats, attr) -> str:
     return cell
 
 
+def _err_cell(r: Result) -> str:
+    return f"{_fmt_err(r.max_abs)} ({_fmt_err(r.max_rel)})"
+
+
 def main_rows(results: list[Result]) -> list[list[str]]:
     rows = []
     for r in results:
         lat = r.latency
         rows.append([r.network, _tod(r.stats, "nodes"), _tod(r.stats, "convs"), _millions(r.stats, "params"),
                      _millions(r.stats, "macs"),
-                     _fmt_err(r.max_abs), f"{r.opt_seconds * 1e3:.0f} ms",
+                     _err_cell(r), f"{r.opt_seconds * 1e3:.0f} ms",
                      lat["train"].cell(), lat["opt"].cell(), lat["deploy"].cell(),
                      f"{r.opt_vs_deploy_pct:+.1f}%", f"{(r.paired_ratio - 1) * 100:+.1f}%",
                      "n/a" if r.ort_ops is None else ("yes" if r.ort_ops["opt"] == r.ort_ops["deploy"] else "no")])
@@ -343,7 +347,7 @@ def main_rows(results: list[Result]) -> list[list[str]]:
 def parity_rows(results: list[Result]) -> list[list[str]]:
     return [[r.network, r.mode, _tod(r.stats, "nodes"), _tod(r.stats, "convs"), _millions(r.stats, "params"),
              _millions(r.stats, "macs"),
-             "yes" if r.structure == "identical" else r.structure, _fmt_err(r.max_abs),
+             "yes" if r.structure == "identical" else r.structure, _err_cell(r),
              "pass" if r.passed else "FAIL", f"{r.opt_seconds * 1e3:.0f} ms"] for r in results]
 
 
@@ -371,6 +375,7 @@ def reading(results: list[Result], parity: list[Result]) -> str:
                 and o.macs <= d.macs * 1.001)
     ident = [r for r in results if r.structure == "identical"]
     worst_err = max(r.max_abs for r in parity + results)
+    worst_rel = max(r.max_rel for r in parity + results)
     all_pass = all(r.passed for r in parity + results)
     parts = []
     over = [f"{r.network} ({r.mode})" for r in parity + results if not at_most(r)]
@@ -381,7 +386,8 @@ def reading(results: list[Result], parity: list[Result]) -> str:
                      + (f" ({len(ident)} of {nets} with exactly its ops, attributes and weight shapes)" if ident else ""))
     else:
         parts.append("onnxrep's output is larger than the deploy form on " + ", ".join(over))
-    parts[-1] += (f", with a largest absolute error of {worst_err:.1e} against the training form "
+    parts[-1] += (f", with a largest absolute error of {worst_err:.1e} (relative to the "
+                  f"output's largest magnitude: at most {worst_rel:.1e}) against the training form "
                   f"({'every check passes' if all_pass else 'SOME CHECKS FAIL'} at rtol 1e-4/atol 1e-5).")
     nofold_extra = [r for r in parity if r.mode == "nofold" and r.stats["opt"].nodes < r.stats["deploy"].nodes]
     if nofold_extra:
@@ -620,7 +626,7 @@ def render_markdown(args, shape, cmd, started, wall, load_before, load_after, ma
         f"{' (18 for dynamo)' if args.exporter == 'dynamo' else ''}, dynamic batch).",
         "- *opt* = `onnxrep.optimize(train)`; *onnxrep time* is the median of "
         f"{OPT_REPEATS} in-memory runs (no file I/O). *max abs err* = `onnxrep.verify(train, opt)` "
-        "(onnxruntime with graph optimizations off, same random input).",
+        "(onnxruntime with graph optimizations off, same random input); *rel* = max abs err / max |train output|.",
         "- Latency: onnxruntime CPUExecutionProvider, `intra_op_num_threads=1`, `inter_op_num_threads=1`, "
         "`ORT_SEQUENTIAL`, `ORT_ENABLE_ALL` (the default). "
         f"{args.warmup} warm-up runs per session, then the three sessions are interleaved round-robin "

@@ -36,7 +36,6 @@ from typing import Sequence
 import onnx
 
 
-
 class Poly:
     """A polynomial in the unknown input size ``n`` (coefficients ``c[0] + c[1] n + ...``, Fractions),
     ordered by its value for large ``n``: the highest-degree coefficient first."""
