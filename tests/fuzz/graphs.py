@@ -1386,13 +1386,14 @@ def convs_between(model: onnx.ModelProto, start: str, end: str) -> int | None:
 def _kept_apart_by_cost(out: onnx.ModelProto, region: Region, report) -> bool:
     """True when a node between the region's ends was kept apart because one conv costs more."""
     producer = {o: n for n in out.graph.node for o in n.output}
-    names, stack = set(), [region.end]
+    names, seen, stack = set(), set(), [region.end]
     while stack:
         t = stack.pop()
         n = producer.get(t)
-        if t == region.start or n is None or n.name in names:
+        if t == region.start or n is None or id(n) in seen:
             continue
-        names.add(n.name)
+        seen.add(id(n))
+        names.add(n.name or n.op_type)  # a decline names an anonymous node by its op
         stack.extend(i for i in n.input if i)
     return any("would cost" in d.reason and d.node in names for d in report.declines())
 
