@@ -3,7 +3,8 @@
 Exit codes (also in the README):
   0 success; 1 internal error (a bug: rerun with --debug for the traceback);
   2 bad command line; 3 the input model cannot be used; 4 the output cannot be written;
-  5 verification failed (nothing written); 6 a --rules-from file cannot be used.
+  5 verification failed (nothing written); 6 a --rules-from file cannot be used;
+  7 a --rules-from rule raised an exception (the message names the rule and the node).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 import sys
 import time
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_VERIFY, EXIT_RULES = 0, 1, 2, 3, 4, 5, 6
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_VERIFY, EXIT_RULES, EXIT_RULE_FAILED = range(8)
 
 EPILOG = """exit codes:
   0  success
@@ -21,7 +22,8 @@ EPILOG = """exit codes:
   3  the input model cannot be used (missing, empty, not ONNX, invalid, missing external data)
   4  the output cannot be written (same as input, folder missing or read-only, disk full)
   5  verification failed: the optimized model differs beyond tolerance; nothing was written
-  6  a --rules-from file cannot be imported or defines no rule
+  6  a --rules-from file cannot be imported, defines no rule, or reuses a rule name
+  7  a --rules-from rule raised an exception (named with its node; --debug shows the traceback)
 """
 
 
@@ -80,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     add_verify_opts(c)
 
-    sub.add_parser("rules", help="list the built-in rules")
+    r = sub.add_parser("rules", help="list the rules (built-in and --rules-from) with priority and opsets",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--rules-from", metavar="FILE.py", action="append", default=[],
+                   help="also list the rules of a Python file; repeatable")
+    r.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return p
 
 
@@ -129,15 +135,24 @@ def _error(message: str, code: int) -> int:
 
 
 def _run(args) -> int:
+    from .optimizer import RuleSetError, resolve_rules
     from .pipeline import RulesFileError, VerificationFailed, load_rules_from, optimize_file
-    from .summary import format_report
+    from .report import format_report, text_table
     from .verification import VerifyError, format_result, parse_input_shapes, verify
 
     if args.command == "rules":
-        from .rules import default_rules
-        for r in default_rules():
-            doc = (type(r).__doc__ or type(r).__module__ and sys.modules[type(r).__module__].__doc__ or "")
-            print(f"{r.name:32s} {doc.strip().splitlines()[0] if doc.strip() else ''}")
+        try:
+            listed = resolve_rules([r for path in args.rules_from for r in load_rules_from(path)], True)
+        except (RulesFileError, RuleSetError) as exc:
+            return _error(str(exc), EXIT_RULES)
+        rows = [["rule", "priority", "opsets", "kind", "what it does"]]
+        for r in listed:
+            doc = type(r).__doc__ or sys.modules[type(r).__module__].__doc__ or ""
+            kind = "pattern" if hasattr(r, "pattern") else "pass"
+            rows.append([r.rule_name, str(r.priority), r.opset_range(), kind,
+                         doc.strip().splitlines()[0] if doc.strip() else ""])
+        print("\n".join(text_table(rows, right={1})))
+        print("\nLower priorities run first in every sweep; a rule outside its opsets is skipped (the report says so).")
         return EXIT_OK
 
     try:
@@ -160,7 +175,8 @@ def _run(args) -> int:
     try:
         for path in args.rules_from:
             rules += load_rules_from(path)
-    except RulesFileError as exc:
+        resolve_rules(rules, not args.no_default_rules)  # names clash: refused before any work
+    except (RulesFileError, RuleSetError) as exc:
         return _error(str(exc), EXIT_RULES)
     if args.no_default_rules and not rules:
         return _error("--no-default-rules needs at least one --rules-from file", EXIT_USAGE)
@@ -197,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from .graph.io import InputError, OutputError
+    from .rule import RuleError
     try:
         return _run(args)
     except InputError as exc:
@@ -205,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(exc), EXIT_OUTPUT)
     except KeyboardInterrupt:
         return _error("interrupted", 130)
+    except RuleError as exc:
+        if getattr(args, "debug", False):
+            raise
+        if exc.builtin:
+            return _error(f"internal error: {exc} (rerun with --debug for the traceback)", EXIT_INTERNAL)
+        return _error(f"{exc} (--debug shows the traceback)", EXIT_RULE_FAILED)
     except Exception as exc:  # a bug: one line unless --debug
         if getattr(args, "debug", False):
             raise

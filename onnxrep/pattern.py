@@ -1,42 +1,36 @@
-"""The public rule API.
+"""Patterns written as ops, and the matcher.
 
-A rule is a class with a name. The low-level form, ``Rule``, gets the whole ``GraphContext``
-in ``run`` (the built-in region collapse is written that way). The usual form,
-``PatternRule``, is three parts side by side::
+    op(types, *inputs, name=None, commutative=False, attrs=None)   a node (of one of ``types``)
+    var(name, optional=False)                                      any tensor
+    const(name, optional=False, value=None)                        an initializer or Constant output
+    any_of(p1, p2, ...)                                            the first alternative that matches
 
-    class FoldScaleIntoGemm(PatternRule):
-        '''Gemm -> Mul(c)  =>  Gemm with B and C scaled by c.'''
-        pattern = op("Mul", op("Gemm", var("a"), const("b"), const("c", optional=True), name="gemm"),
-                     const("s"), commutative=True)
-
-        def check(self, m):           # None to accept, or the reason to decline
-            return None if m["s"].size == 1 else "scale is not a scalar"
-
-        def rewrite(self, m, b):      # describe the replacement with the Builder
-            s = float(m["s"])
-            gemm = m.node("gemm")
-            b.op("Gemm", [m["a"], b.const("B", m["b"] * s), ...], outputs=[m.output], attrs=gemm.attrs)
-
-Patterns are written as ops: ``op(type_or_types, *inputs, name=, commutative=)``, ``var(name)``
-(any tensor), ``var(name, optional=True)`` (also an omitted input), ``const(name, optional=)`` (an initializer or Constant output, never a graph
-input). A nested ``op`` matches the producer of that input, and the engine requires its
-output to be private to the match (read once, not a graph output), so a user rule cannot
-delete a tensor someone else still reads. ``m[name]`` is a tensor for ``var``, a numpy array
-for ``const`` (``None`` for an absent optional one); ``m.tensor(name)``, ``m.node(name)``,
-``m.output`` and ``m.nodes`` give the graph objects.
+* A nested ``op`` matches the producer of that input; its output must be *private* to the match
+  (read once, by the node above, and not a graph output), so a rewrite never deletes a tensor
+  someone else still reads. The root's output may be read anywhere: the rewrite produces it again.
+* A name used twice binds one tensor: ``op("Mul", var("x"), op("Sigmoid", var("x")))`` is
+  ``x * sigmoid(x)`` and nothing else.
+* ``commutative=True`` on a two-input op also tries the inputs swapped.
+* ``attrs={"alpha": approx(1/6), "mode": "constant"}``: each attribute equals the value, or
+  satisfies the predicate (a callable); an attribute the node leaves out has its ONNX default.
+* ``const(..., value=v)``: every element equals ``v`` (within ``approx``'s default tolerance).
+* In a match ``m``: ``m[name]`` is a tensor for ``var``, a numpy array for ``const`` (``None`` for
+  an absent optional input); ``m.tensor(name)`` is the graph tensor in both cases (what ``b.op``
+  takes); ``m.node(name)``, ``m.output`` (the root's output) and ``m.nodes`` give the graph objects.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from .algebra import NotRepresentable
-from .graph import Builder, GraphContext, is_onnx_op
+from .graph import GraphContext, is_onnx_op
 
 
-# ------------------------------------------------------------------ patterns
 class Pattern:
     pass
 
@@ -51,6 +45,7 @@ class VarPattern(Pattern):
 class ConstPattern(Pattern):
     name: str
     optional: bool = False
+    value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,23 +54,58 @@ class OpPattern(Pattern):
     inputs: tuple[Pattern, ...]
     name: str | None = None
     commutative: bool = False
+    attrs: tuple[tuple[str, Any], ...] = ()
 
 
-def op(op_type: str | tuple[str, ...], *inputs: Pattern, name: str | None = None,
-       commutative: bool = False) -> OpPattern:
+@dataclass(frozen=True)
+class AnyOf(Pattern):
+    alternatives: tuple[Pattern, ...]
+
+    @property
+    def op_types(self) -> tuple[str, ...]:
+        """Root op types of every alternative (when they are ops)."""
+        return tuple(dict.fromkeys(t for a in self.alternatives for t in getattr(a, "op_types", ())))
+
+
+def op(op_type: str | tuple[str, ...], *inputs: Pattern, name: str | None = None, commutative: bool = False,
+       attrs: dict[str, Any] | None = None) -> OpPattern:
     types = (op_type,) if isinstance(op_type, str) else tuple(op_type)
-    return OpPattern(types, tuple(inputs), name, commutative)
+    for i, p in enumerate(inputs):
+        if not isinstance(p, Pattern):
+            raise TypeError(f"input {i} of op({types[0]!r}) is {p!r}: use var(...), const(...), op(...) or any_of(...)")
+    return OpPattern(types, tuple(inputs), name, commutative, tuple(sorted((attrs or {}).items())))
 
 
 def var(name: str, optional: bool = False) -> VarPattern:
     return VarPattern(name, optional)
 
 
-def const(name: str, optional: bool = False) -> ConstPattern:
-    return ConstPattern(name, optional)
+def const(name: str, optional: bool = False, value: float | None = None) -> ConstPattern:
+    return ConstPattern(name, optional, value)
 
 
-# ------------------------------------------------------------------- matches
+def any_of(*alternatives: Pattern) -> AnyOf:
+    if len(alternatives) < 2 or not all(isinstance(a, Pattern) for a in alternatives):
+        raise TypeError("any_of(...) takes two or more patterns")
+    return AnyOf(tuple(alternatives))
+
+
+@dataclass(frozen=True)
+class approx:
+    """An attribute / constant predicate: ``|x - value| <= rel * |value| + abs``."""
+    value: float
+    rel: float = 1e-6
+    abs: float = 1e-12
+
+    def __call__(self, x) -> bool:
+        try:
+            return bool(np.all(np.abs(np.asarray(x, dtype=np.float64) - self.value)
+                               <= self.rel * abs(self.value) + self.abs))
+        except (TypeError, ValueError):
+            return False
+
+
+# --------------------------------------------------------------------------- matches
 @dataclass
 class Match:
     ctx: GraphContext
@@ -84,6 +114,10 @@ class Match:
     tensors: dict[str, gs.Tensor | None] = field(default_factory=dict)
     named_nodes: dict[str, gs.Node] = field(default_factory=dict)
     nodes: list[gs.Node] = field(default_factory=list)
+    #: inner tensors that must be private to the match
+    inner: list[gs.Tensor] = field(default_factory=list)
+    #: refuse inner tensors that are not private while matching (off: match the structure only)
+    strict: bool = True
 
     def __getitem__(self, name: str):
         return self.values[name]
@@ -101,12 +135,17 @@ class Match:
     def output(self) -> gs.Tensor:
         return self.root.outputs[0]
 
+    def name_of(self, value) -> str | None:
+        """The pattern name bound to ``value`` (by identity), if any."""
+        return next((k for k, v in self.values.items() if v is value), None)
+
     def _state(self):
-        return dict(self.values), dict(self.tensors), dict(self.named_nodes), list(self.nodes)
+        return dict(self.values), dict(self.tensors), dict(self.named_nodes), list(self.nodes), list(self.inner)
 
     def _restore(self, state) -> None:
-        self.values, self.tensors, self.named_nodes, self.nodes = (
-            state[0], state[1], state[2], state[3])
+        self.values, self.tensors, self.named_nodes, self.nodes, self.inner = (dict(state[0]), dict(state[1]),
+                                                                               dict(state[2]), list(state[3]),
+                                                                               list(state[4]))
 
 
 def _bind(m: Match, name: str, tensor, value) -> bool:
@@ -119,6 +158,8 @@ def _bind(m: Match, name: str, tensor, value) -> bool:
 
 def _match_tensor(pat: Pattern, t: gs.Tensor | None, m: Match) -> bool:
     ctx = m.ctx
+    if isinstance(pat, AnyOf):
+        return _first(pat.alternatives, lambda p: _match_tensor(p, t, m), m)
     if isinstance(pat, VarPattern):
         if ctx.is_absent(t):
             return pat.optional and _bind(m, pat.name, None, None)
@@ -127,97 +168,94 @@ def _match_tensor(pat: Pattern, t: gs.Tensor | None, m: Match) -> bool:
         if ctx.is_absent(t):
             return pat.optional and _bind(m, pat.name, None, None)
         value = ctx.constant(t)
-        return value is not None and _bind(m, pat.name, t, value)
+        if value is None or (pat.value is not None and not approx(pat.value)(value)):
+            return False
+        return _bind(m, pat.name, t, value)
     if isinstance(pat, OpPattern):
-        if ctx.is_absent(t) or not ctx.is_private(t):
+        if ctx.is_absent(t) or (m.strict and not ctx.is_private(t)):
             return False
         producer = ctx.producer(t)
-        return producer is not None and len(producer.outputs) == 1 and match_node(pat, producer, m)
+        if producer is None or len(producer.outputs) != 1 or not _match_op(pat, producer, m):
+            return False
+        m.inner.append(t)
+        return True
     raise TypeError(f"not a pattern: {pat!r}")
 
 
-def match_node(pat: OpPattern, node: gs.Node, m: Match) -> bool:
-    """Match ``pat`` rooted at ``node``, extending ``m``; restores ``m`` on failure."""
-    if node.op not in pat.op_types or not is_onnx_op(node):
-        return False
-    inputs = list(node.inputs)
-    if len(inputs) > len(pat.inputs):
-        return False
-    inputs += [None] * (len(pat.inputs) - len(inputs))
-    orders = [inputs]
-    if pat.commutative and len(inputs) == 2:
-        orders.append(inputs[::-1])
-    for order in orders:
+def _first(alternatives, attempt: Callable[[Pattern], bool], m: Match) -> bool:
+    for alt in alternatives:
         state = m._state()
-        if all(_match_tensor(p, t, m) for p, t in zip(pat.inputs, order)):
-            if pat.name is not None:
-                m.named_nodes[pat.name] = node
-            m.nodes.append(node)
+        if attempt(alt):
             return True
         m._restore(state)
     return False
 
 
-# --------------------------------------------------------------------- rules
-class Rule:
-    """Base of every rule. Subclasses set ``name`` and implement ``run(ctx)``.
-
-    ``priority``: lower runs first in a sweep. ``min_opset``/``max_opset``: the default-domain
-    opsets the rule supports; outside them the driver skips it. Rules also run on the bodies of
-    If / Loop / Scan nodes unless ``whole_model`` is set.
-    """
-
-    name: str = ""
-    priority: int = 100
-    min_opset: int = 11
-    max_opset: int | None = None
-    #: True for rules that need the whole model (they are not run inside If / Loop / Scan bodies)
-    whole_model: bool = False
-
-    def applies_to(self, opset: int) -> bool:
-        return opset >= self.min_opset and (self.max_opset is None or opset <= self.max_opset)
-
-    def run(self, ctx: GraphContext) -> None:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<rule {self.name or type(self).__name__}>"
-
-
-class PatternRule(Rule):
-    """A rule made of ``pattern`` + ``check`` + ``rewrite``; the engine does the rest."""
-
-    pattern: OpPattern
-
-    def check(self, m: Match) -> str | None:
-        """Return ``None`` to accept the match, or a short reason to decline it."""
+def attr_value(node: gs.Node, key: str, opset: int):
+    """``node.attrs[key]``, or the ONNX default of that attribute at ``opset`` (``None`` if it has none)."""
+    if key in node.attrs:
+        v = node.attrs[key]
+        return v.decode() if isinstance(v, bytes) else v
+    try:
+        schema = onnx.defs.get_schema(node.op, opset, "")
+    except Exception:  # noqa: BLE001  (an op ONNX does not define)
         return None
+    a = schema.attributes.get(key)
+    if a is None or not a.default_value.name:
+        return None
+    v = onnx.helper.get_attribute_value(a.default_value)
+    return v.decode() if isinstance(v, bytes) else v
 
-    def rewrite(self, m: Match, b: Builder) -> None:
-        """Describe the replacement of ``m.nodes`` with ``b.op`` / ``b.const``.
 
-        The replacement must produce ``m.output`` (pass ``outputs=[m.output]``). Raise
-        ``NotRepresentable("why")`` to decline late.
-        """
-        raise NotImplementedError
+def _attrs_match(pat: OpPattern, node: gs.Node, opset: int) -> bool:
+    for key, want in pat.attrs:
+        got = attr_value(node, key, opset)
+        if callable(want):
+            if not want(got):
+                return False
+        elif isinstance(want, float) and isinstance(got, (int, float)):
+            if not math.isclose(got, want, rel_tol=1e-6):
+                return False
+        elif got != want:
+            return False
+    return True
 
-    def run(self, ctx: GraphContext) -> None:
-        name = self.name or type(self).__name__
-        for node in ctx.nodes(*self.pattern.op_types):
-            if not ctx.is_live(node):
-                continue
-            m = Match(ctx, root=node)
-            if not match_node(self.pattern, node, m):
-                continue
-            if any(not ctx.is_live(n) for n in m.nodes):
-                continue
-            reason = self.check(m)
-            if reason:
-                ctx.decline(name, node, reason)
-                continue
-            builder = Builder(ctx, node.name or node.op)
-            try:
-                self.rewrite(m, builder)
-                ctx.replace(name, m.nodes, builder.nodes)
-            except NotRepresentable as exc:
-                ctx.decline(name, node, str(exc))
+
+def _match_op(pat: OpPattern, node: gs.Node, m: Match) -> bool:
+    if node.op not in pat.op_types or not is_onnx_op(node) or not _attrs_match(pat, node, m.ctx.opset):
+        return False
+    inputs = list(node.inputs)
+    if len(inputs) > len(pat.inputs):
+        return False
+    inputs += [None] * (len(pat.inputs) - len(inputs))
+    orders = [inputs] + ([inputs[::-1]] if pat.commutative and len(inputs) == 2 else [])
+
+    def attempt(order) -> bool:
+        if not all(_match_tensor(p, t, m) for p, t in zip(pat.inputs, order)):
+            return False
+        if pat.name is not None:
+            m.named_nodes[pat.name] = node
+        m.nodes.append(node)
+        return True
+
+    return _first(orders, attempt, m)
+
+
+def match_node(pat: Pattern, node: gs.Node, m: Match) -> bool:
+    """Match ``pat`` rooted at ``node``, extending ``m`` (restored on failure). With ``m.strict``
+    off only the structure is matched; ``private_problem`` then says what is not private."""
+    if isinstance(pat, AnyOf):
+        return _first(pat.alternatives, lambda p: match_node(p, node, m), m)
+    return _match_op(pat, node, m)
+
+
+def private_problem(m: Match) -> str | None:
+    """Why an inner tensor of the match is not private to it, or ``None``."""
+    ctx = m.ctx
+    for t in m.inner:
+        if ctx.is_graph_output(t):
+            return f"tensor '{t.name}' inside the match is a graph output"
+        if not ctx.is_private(t):
+            readers = ", ".join(f"'{c.name or c.op}'" for c in t.outputs if c not in m.nodes) or "twice"
+            return f"tensor '{t.name}' inside the match is also read by {readers}"
+    return None

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .graph.io import InputError, OutputError, PendingOutput, load_model, same_file
-from .optimizer import Report, optimize
-from .pattern import PatternRule, Rule
+from .optimizer import optimize
+from .report import Report
+from .rule import Pass, PatternRule, Rule
 from .verification import VerifyError, verify
 
 
@@ -47,9 +48,9 @@ def load_rules_from(path: str | os.PathLike) -> list[Rule]:
         rules = [r() if isinstance(r, type) else r for r in module.RULES]
     else:
         rules = [cls() for _, cls in inspect.getmembers(module, inspect.isclass)
-                 if issubclass(cls, Rule) and cls not in (Rule, PatternRule) and cls.__module__ == name]
+                 if issubclass(cls, Rule) and cls not in (Rule, Pass, PatternRule) and cls.__module__ == name]
     if not rules or not all(isinstance(r, Rule) for r in rules):
-        raise RulesFileError(f"{p}: defines no onnxrep Rule (subclass onnxrep.PatternRule or set RULES = [...])")
+        raise RulesFileError(f"{p}: defines no onnxrep rule (subclass onnxrep.PatternRule or onnxrep.Pass, or set RULES = [...])")
     return rules
 
 

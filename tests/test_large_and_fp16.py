@@ -14,7 +14,7 @@ from onnx.external_data_helper import uses_external_data
 
 import onnxrep
 import onnxrep.graph.io as io
-import onnxrep.optimizer as optimizer
+import onnxrep.graph.convert as convert
 import onnxrep.verification as verification
 from onnxrep import cli
 
@@ -212,7 +212,7 @@ def test_forced_large_branch_writes_external_data_and_verifies(tmp_path, capsys,
 
 def test_forced_large_branch_without_shape_inference(tmp_path, capsys, tiny_limits, monkeypatch):
     """Shape inference only helps: when it yields nothing the block still collapses."""
-    monkeypatch.setattr(optimizer, "inferred_shapes", lambda m: {})
+    monkeypatch.setattr(convert, "inferred_shapes", lambda m: {})
     model, _ = repvgg_block()
     src = save_external(model, tmp_path / "block.onnx")
     out = tmp_path / "deploy.onnx"

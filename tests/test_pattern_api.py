@@ -8,7 +8,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnx_builders import GraphBuilder, initializer, node_ops
-from onnxrep import NotRepresentable, PatternRule, Rule, const, op, optimize, var, verify
+from onnxrep import NotRepresentable, Pass, PatternRule, RuleError, const, op, optimize, var, verify
 
 X = "x"
 
@@ -177,7 +177,8 @@ def test_intermediate_graph_output_does_not_match():
     out, rep = run(m, [FoldScaleIntoGemm()])
     assert node_ops(out) == ["Gemm", "Mul"]
     r = rule_report(rep, "fold-scale-into-gemm")
-    assert (r.rewrites, r.declines) == (0, [])
+    assert r.rewrites == 0
+    assert [(d.kind, d.reason) for d in r.declines] == [("privacy", "tensor 'h' inside the match is a graph output")]
     assert_verifies(m, out)
 
 
@@ -288,7 +289,7 @@ def test_rewrite_raising_not_representable_is_a_decline():
     assert_verifies(m, out)
 
 
-def test_rewrite_that_does_not_produce_the_output_is_refused_atomically():
+def test_rewrite_that_does_not_produce_the_output_is_an_error_that_says_so():
     class Forgetful(FoldScaleIntoGemm):
         name = "forgetful"
 
@@ -296,12 +297,12 @@ def test_rewrite_that_does_not_produce_the_output_is_refused_atomically():
             b.op("Gemm", [m["a"], b.const("B", m["b"])], attrs=m.node("gemm").attrs)  # fresh output
 
     _, m = gemm_model()
-    out, rep = run(m, [Forgetful()])
-    assert node_ops(out) == ["Gemm", "Mul"]
-    r = rule_report(rep, "forgetful")
-    assert r.rewrites == 0 and len(r.declines) == 1
-    assert "'y'" in r.declines[0].reason and "graph output" in r.declines[0].reason
-    assert_verifies(m, out)
+    before = m.SerializeToString()
+    with pytest.raises(RuleError) as err:
+        run(m, [Forgetful()])
+    assert err.value.rule == "forgetful" and err.value.node == "scale_mul" and not err.value.builtin
+    assert "does not produce the matched output 'y'" in str(err.value) and "outputs=[m.output]" in str(err.value)
+    assert m.SerializeToString() == before
 
 
 def test_same_var_twice_binds_one_tensor():
@@ -407,13 +408,13 @@ def test_max_opset():
 
 
 def test_low_level_rule_sees_the_context_and_can_decline():
-    class Inspect(Rule):
+    class Inspect(Pass):
         name = "inspect-relu"
         seen: list
 
         def run(self, ctx):
             for node in ctx.nodes("Relu"):
-                ctx.decline(self.name, node, f"opset {ctx.opset}: relu reads '{node.inputs[0].name}'")
+                ctx.decline(node, f"opset {ctx.opset}: relu reads '{node.inputs[0].name}'")
 
     g = GraphBuilder(7)
     y = g.node("Relu", [X], "y", name="the_relu")

@@ -1,4 +1,6 @@
-"""Graph layer over onnx-graphsurgeon: load/save, the rewrite context."""
-from .context import Builder, Decline, GraphContext, PendingNode, RegionNotPrivate, RuleStats, is_onnx_op
+"""Graph layer over onnx-graphsurgeon: the rewrite context, the builder, load/save, shapes."""
+from .builder import Builder, PendingNode, RuleUsageError
+from .constants import is_onnx_op
+from .context import GraphContext, RegionNotPrivate
 
-__all__ = ["Builder", "Decline", "GraphContext", "PendingNode", "RegionNotPrivate", "RuleStats", "is_onnx_op"]
+__all__ = ["Builder", "GraphContext", "PendingNode", "RegionNotPrivate", "RuleUsageError", "is_onnx_op"]

@@ -1,31 +1,30 @@
-"""The rewrite context: one onnx-graphsurgeon graph plus the bookkeeping every rule needs.
+"""The rewrite context: one onnx-graphsurgeon graph under rewrite, as a pass sees it.
 
-gs keeps, for each tensor, its producers (``tensor.inputs``) and consumers
-(``tensor.outputs``) up to date as nodes are connected and disconnected, so that is the
-consumer index: built once at import and maintained incrementally by ``replace``. Nothing
-here rescans the graph per match.
+gs keeps, for each tensor, its producers (``tensor.inputs``) and consumers (``tensor.outputs``) up
+to date as nodes are connected and disconnected, so that is the consumer index: built once at
+import and kept up to date by the edits below. Nothing here rescans the graph per match.
+
+Queries: ``nodes``, ``producer``, ``consumers``, ``is_live``, ``is_graph_output``, ``is_private``,
+``is_absent``, ``constant``, ``constant_info``, ``opset``, ``graph``.
+Edits (each counted in the running rule's record): ``replace`` (a region by new nodes),
+``remove`` (a node that passes its input through), ``substitute`` (readers of one tensor read
+another), ``decline``, ``merged``; ``make_constant`` / ``unique_name`` for fresh objects, and
+``memory``, a dict the running rule keeps from sweep to sweep.
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from typing import Iterable
+from collections import Counter
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..algebra import NotRepresentable
-from .evaluate import CONTROL_FLOW, RANDOM_OPS, evaluate
-
-#: computed constants (``GraphContext.computed``): at most this many elements (inputs, output) and
-#: this many producers up from the tensor asked about
-COMPUTED_MAX_ELEMENTS = 1 << 16
-COMPUTED_MAX_DEPTH = 8
-
-
-def is_onnx_op(node: gs.Node) -> bool:
-    """True for nodes of the default (ai.onnx) domain; rules never touch other domains."""
-    return node.domain in ("", "ai.onnx", None)
+from ..report import Decline, MergedConv, RuleRecord
+from . import gs_shim
+from .builder import PendingNode
+from .constants import ConstantQueries, is_onnx_op
 
 
 def all_names(graph: gs.Graph) -> set[str]:
@@ -46,70 +45,69 @@ def all_names(graph: gs.Graph) -> set[str]:
     return names
 
 
-class _Released:
-    """Stands in for the values of an initializer that a rewrite made unused (shape and dtype kept)."""
-
-    def __init__(self, tensor: gs.Constant):
-        self.name, self.shape, self.dtype = tensor.name, tuple(tensor.shape), tensor.dtype
-
-    def __array__(self, *args, **kwargs):
-        raise RuntimeError(f"initializer '{self.name}' was released after a rewrite and must not be read")
-
-
 class RegionNotPrivate(NotRepresentable):
     """A tensor inside the region is a graph output or is read outside the region."""
+    code = "not-private"
 
 
-@dataclass
-class Decline:
-    rule: str
-    node: str
-    reason: str
-
-
-@dataclass
-class RuleStats:
-    rewrites: int = 0
-    nodes_removed: int = 0
-    declines: list[Decline] = field(default_factory=list)
-
-
-class GraphContext:
+class GraphContext(ConstantQueries):
     """A gs graph under rewrite.
 
     ``overridable`` names initializers that are also graph inputs: the user may feed them, so
-    they are never read as constants.
+    they are never read as constants. ``names``: the model's names (a subgraph's context shares
+    its model's set, so fresh names are unique model-wide); ``main``: False for the body of an
+    If / Loop / Scan.
     """
 
-    def __init__(self, graph: gs.Graph, opset: int, overridable: Iterable[str] = (), state: dict | None = None,
-                 names: set[str] | None = None):
+    def __init__(self, graph: gs.Graph, opset: int, overridable: Iterable[str] = (), names: set[str] | None = None,
+                 main: bool = True):
         self.graph = graph
-        #: kept from sweep to sweep by the driver (rules may remember decisions there)
-        self.state = {} if state is None else state
+        #: False for the body of an If / Loop / Scan (node counts in the report are the main graph's)
+        self.main = main
         self.opset = opset
         self.overridable = frozenset(overridable)
-        self.stats: dict[str, RuleStats] = defaultdict(RuleStats)
-        #: every name in the model (a subgraph's context shares its model's set)
         self._names: set[str] = all_names(graph) if names is None else names
         self._output_names = {t.name for t in graph.outputs}
         self._counter = Counter()
-        self.changed = False
-        #: one record per conv a rule created, for the report (e.g. per-channel weight ranges)
-        self.created: list[dict] = []
         self._maybe_unused: dict[int, gs.Constant] = {}
         self._computed: dict[int, tuple[gs.Tensor, np.ndarray | None]] = {}
+        #: True once an edit changed the graph (the driver sweeps again)
+        self.changed = False
+        #: the record of the rule that is running (``running``); edits are counted there
+        self.record = RuleRecord("(no rule)")
+        #: the node the running rule is at (the last one ``nodes`` gave or an edit named)
+        self.at: gs.Node | None = None
+
+    @contextmanager
+    def running(self, record: RuleRecord):
+        """Edits and declines inside the block are ``record``'s (the driver's hand-over to a rule)."""
+        previous, self.record, self.at = self.record, record, None
+        try:
+            yield self
+        finally:
+            self.record = previous
+
+    @property
+    def memory(self) -> dict:
+        """A dict of the running rule's for this graph, kept from sweep to sweep."""
+        return self.record.memory.setdefault(id(self.graph), {})
 
     # ----------------------------------------------------------------- queries
     @staticmethod
     def is_live(node: gs.Node) -> bool:
-        """A node removed by ``replace`` has no inputs or outputs left."""
+        """A node removed by an edit has no inputs or outputs left."""
         return bool(node.outputs)
 
-    def nodes(self, *op_types: str) -> list[gs.Node]:
-        """Live nodes, optionally only of the given op types (ai.onnx domain), in graph order."""
+    def nodes(self, *op_types: str) -> Iterator[gs.Node]:
+        """Live nodes, optionally only of the given op types (ai.onnx domain), in graph order.
+
+        Nodes an edit removes on the way are skipped; nodes it adds are not visited.
+        """
         wanted = set(op_types)
-        return [n for n in self.graph.nodes
-                if n.outputs and (not wanted or (n.op in wanted and is_onnx_op(n)))]
+        for n in list(self.graph.nodes):
+            if n.outputs and (not wanted or (n.op in wanted and is_onnx_op(n))):
+                self.at = n
+                yield n
 
     @staticmethod
     def producer(tensor: gs.Tensor) -> gs.Node | None:
@@ -133,97 +131,7 @@ class GraphContext:
         """An omitted optional input (empty name)."""
         return tensor is None or (tensor.name == "" and not isinstance(tensor, gs.Constant))
 
-    def constant_info(self, tensor: gs.Tensor | None) -> tuple[tuple[int, ...], np.dtype] | None:
-        """``(shape, dtype)`` of a constant without loading its values (``None`` if not a constant)."""
-        if tensor is None or tensor.name in self.overridable:
-            return None
-        if isinstance(tensor, gs.Constant):
-            return tuple(tensor.shape), np.dtype(tensor.dtype)
-        value = self.constant(tensor)  # Constant nodes: small, already in memory
-        return None if value is None else (value.shape, value.dtype)
-
-    def stored_constant_info(self, tensor: gs.Tensor | None) -> tuple[tuple[int, ...], np.dtype] | None:
-        """``constant_info`` of an initializer or a Constant-node output only: the tensors that count as
-        parameters (a computed constant is counted by the stored ones it is computed from)."""
-        producer = self.producer(tensor) if tensor is not None else None
-        if isinstance(tensor, gs.Constant) or (producer is not None and producer.op == "Constant"):
-            return self.constant_info(tensor)
-        return None
-
-    def constant(self, tensor: gs.Tensor | None) -> np.ndarray | None:
-        """The value of an initializer, a Constant-node output, or a small tensor computed from
-        those alone (``computed``); ``None`` for anything else.
-
-        Initializers exposed as graph inputs are not constants: the caller may override them.
-        """
-        return self._value(tensor, 0)
-
-    def _value(self, tensor: gs.Tensor | None, depth: int) -> np.ndarray | None:
-        if tensor is None or tensor.name in self.overridable:
-            return None
-        if isinstance(tensor, gs.Constant):
-            return tensor.values
-        node = self.producer(tensor)
-        if node is not None and node.op == "Constant" and is_onnx_op(node):
-            a = node.attrs
-            if "value" in a and isinstance(a["value"], gs.Constant):
-                return a["value"].values
-            for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
-                               ("value_int", np.int64), ("value_ints", np.int64)):
-                if key in a:
-                    return np.asarray(a[key], dtype=dtype)
-            return None
-        return self.computed(tensor, depth)
-
-    def computed(self, tensor: gs.Tensor, depth: int = 0) -> np.ndarray | None:
-        """The value of a tensor that small nodes compute from constants alone (evaluated once).
-
-        Exports without constant folding write a zero bias as ``Expand(CastLike(0, W), [C])``: such a
-        tensor is a constant to every rule, while the nodes stay in the graph until a rewrite
-        leaves them unread (folding them all up front would turn one scalar into C parameters).
-        Looks at most ``COMPUTED_MAX_DEPTH`` producers up.
-        """
-        cached = self._computed.get(id(tensor))
-        if cached is not None and cached[0] is tensor:
-            return cached[1]
-        node = self.producer(tensor)
-        if (node is None or not is_onnx_op(node) or len(node.outputs) != 1 or not node.inputs
-                or node.op in RANDOM_OPS | CONTROL_FLOW | {"Constant"}
-                or any(isinstance(v, gs.Graph) for v in node.attrs.values())):
-            value = None
-        elif depth >= COMPUTED_MAX_DEPTH:
-            return None  # not remembered: a shallower question may still find it
-        else:
-            value = self._evaluate(node, depth)
-        self._computed[id(tensor)] = (tensor, value)
-        return value
-
-    def _evaluate(self, node: gs.Node, depth: int) -> np.ndarray | None:
-        """``node``'s output if every input is a small constant; sizes are read before any value is
-        loaded (a weight in external data stays on disk)."""
-        size = 0
-        for t in node.inputs:
-            if self.is_absent(t):
-                continue
-            if isinstance(t, gs.Constant):
-                if t.name in self.overridable:
-                    return None
-                size += int(np.prod(t.shape, dtype=np.int64))
-            else:
-                v = self._value(t, depth + 1)
-                if v is None:
-                    return None
-                size += v.size
-            if size > COMPUTED_MAX_ELEMENTS:
-                return None
-        values = [None if self.is_absent(t) else self._value(t, depth + 1) for t in node.inputs]
-        try:
-            value = evaluate(node, values, self.opset)[0]
-        except Exception:  # an op the reference implementation cannot run
-            return None
-        return value if value.size <= COMPUTED_MAX_ELEMENTS else None
-
-    # --------------------------------------------------------------- mutation
+    # --------------------------------------------------------------- fresh objects
     def unique_name(self, hint: str) -> str:
         hint = hint or "onnxrep"
         name = hint
@@ -237,11 +145,21 @@ class GraphContext:
         """A new initializer with a fresh name (existing, possibly shared, ones are never edited)."""
         return gs.Constant(self.unique_name(hint), np.ascontiguousarray(values))
 
-    def check_private(self, region: Iterable[gs.Node], keeps: Iterable[gs.Tensor]) -> None:
-        """Raise ``RegionNotPrivate`` if a tensor made inside ``region`` escapes it.
+    # --------------------------------------------------------------- edits
+    def decline(self, node: gs.Node | str, reason: str, kind: str = "check") -> None:
+        """Record that the running rule did not rewrite at ``node``, and why."""
+        name = node if isinstance(node, str) else (node.name or node.op)
+        self.record.declines.append(Decline(self.record.name, name, str(reason), kind))
 
-        A tensor escapes when it is a graph output or is read by a node outside the region;
-        such a tensor must be one of ``keeps`` (produced again by the replacement).
+    def merged(self, conv: MergedConv) -> None:
+        """Record a conv the running rule wrote (its per-channel weight range, for the report)."""
+        self.record.merged.append(conv)
+
+    def not_private(self, region: Iterable[gs.Node], keeps: Iterable[gs.Tensor]) -> str | None:
+        """Why a tensor made inside ``region`` escapes it, or ``None``.
+
+        A tensor escapes when it is a graph output or is read by a node outside the region; such a
+        tensor must be one of ``keeps`` (produced again by the replacement).
         """
         region = list(region)
         ids = {id(n) for n in region}
@@ -251,18 +169,31 @@ class GraphContext:
                 if id(t) in kept:
                     continue
                 if self.is_graph_output(t):
-                    raise RegionNotPrivate(f"tensor '{t.name}' inside the region is a graph output")
+                    return f"tensor '{t.name}' inside the region is a graph output"
                 for c in t.outputs:
                     if id(c) not in ids:
-                        raise RegionNotPrivate(f"tensor '{t.name}' inside the region is also read by '{c.name}'")
+                        return f"tensor '{t.name}' inside the region is also read by '{c.name or c.op}'"
+        return None
 
-    def replace(self, rule: str, region: list[gs.Node], new_nodes: list["PendingNode"]) -> list[gs.Node]:
-        """Replace ``region`` by ``new_nodes`` (built with a ``Builder``), atomically.
+    def check_private(self, region: Iterable[gs.Node], keeps: Iterable[gs.Tensor]) -> None:
+        """``not_private``, raised as ``RegionNotPrivate``."""
+        problem = self.not_private(region, keeps)
+        if problem is not None:
+            raise RegionNotPrivate(problem)
 
-        Every tensor the region produced that is still needed must be an output of a new node.
+    def replace(self, region: list[gs.Node], new_nodes: list[PendingNode],
+                at: gs.Node | None = None) -> list[gs.Node] | None:
+        """Replace ``region`` by ``new_nodes`` (built with a ``Builder``), atomically; one rewrite.
+
+        Every tensor the region produced that is still needed (a graph output, or read outside the
+        region) must be an output of a new node; if not, nothing changes, the refusal is declined
+        at ``at`` (default: the region's last node) and ``None`` is returned.
         """
         outputs = [t for p in new_nodes for t in p.outputs]
-        self.check_private(region, outputs)
+        problem = self.not_private(region, outputs)
+        if problem is not None:
+            self.decline(at if at is not None else region[-1], problem, kind="privacy")
+            return None
         feeders = self.disconnect(region)
         made = []
         for p in new_nodes:
@@ -271,14 +202,46 @@ class GraphContext:
                 node.domain = p.domain
             self.graph.nodes.append(node)
             made.append(node)
-        dead = self.drop_dead_constants(feeders)
-        self.release_unused()
-        st = self.stats[rule]
-        st.rewrites += 1
-        st.nodes_removed += len(region) + dead - len(made)
-        self.changed = True
+        self._count(len(region) + self.drop_dead_constants(feeders) - len(made))
         return made
 
+    def remove(self, node: gs.Node, keep: int = 0) -> bool:
+        """Remove a node whose output equals its input ``keep`` (Identity, Dropout at inference):
+        its readers read that input instead; one rewrite. A node whose output is a graph output
+        stays (declined): the output name is the model's interface."""
+        out = node.outputs[0]
+        if self.is_graph_output(out):
+            self.decline(node, f"its output '{out.name}' is a graph output", kind="privacy")
+            return False
+        self._redirect(out, node.inputs[keep])
+        self._count(1 + self.drop_dead_constants(self.disconnect([node])))
+        return True
+
+    def substitute(self, tensor: gs.Tensor, replacement: gs.Tensor) -> bool:
+        """Make every reader of ``tensor`` read ``replacement`` instead (declined for a graph output).
+        Not counted as a rewrite: the producer left unread goes with the end-of-sweep cleanup, or
+        with a ``replace(region, [])`` of the caller's."""
+        if self.is_graph_output(tensor):
+            self.decline(self.producer(tensor) or tensor.name, f"tensor '{tensor.name}' is a graph output",
+                         kind="privacy")
+            return False
+        self._redirect(tensor, replacement)
+        self.changed = True
+        return True
+
+    def _redirect(self, tensor: gs.Tensor, replacement: gs.Tensor) -> None:
+        for consumer in list(tensor.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is tensor:
+                    consumer.inputs[i] = replacement
+
+    def _count(self, nodes_removed: int) -> None:
+        self.release_unused()
+        self.record.rewrites += 1
+        self.record.nodes_removed += nodes_removed if self.main else 0
+        self.changed = True
+
+    # --------------------------------------------------------------- bookkeeping
     def disconnect(self, nodes: Iterable[gs.Node]) -> list[gs.Node]:
         """Detach ``nodes``; return the Constant nodes that fed them.
 
@@ -300,8 +263,8 @@ class GraphContext:
     def release_unused(self) -> None:
         """Free the loaded values of initializers that lost their last reader."""
         for t in self._maybe_unused.values():
-            if not t.outputs and not self.is_graph_output(t) and not isinstance(t._values, _Released):
-                t._values = _Released(t)
+            if not t.outputs and not self.is_graph_output(t):
+                gs_shim.release_values(t)
         self._maybe_unused.clear()
 
     def drop_dead_constants(self, feeders: Iterable[gs.Node]) -> int:
@@ -312,57 +275,3 @@ class GraphContext:
                 p.outputs.clear()
                 dead += 1
         return dead
-
-    def substitute(self, rule: str, tensor: gs.Tensor, replacement: gs.Tensor) -> None:
-        """Make every reader of ``tensor`` read ``replacement`` instead (not for graph outputs)."""
-        if self.is_graph_output(tensor):
-            raise RegionNotPrivate(f"tensor '{tensor.name}' is a graph output")
-        for consumer in list(tensor.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is tensor:
-                    consumer.inputs[i] = replacement
-        self.changed = True
-
-    def decline(self, rule: str, node: gs.Node | str, reason: str) -> None:
-        name = node if isinstance(node, str) else (node.name or node.op)
-        self.stats[rule].declines.append(Decline(rule, name, str(reason)))
-
-
-@dataclass
-class PendingNode:
-    """A node a rewrite wants to create; connected only when the rewrite is committed."""
-    op: str
-    inputs: list
-    outputs: list
-    attrs: dict
-    name: str
-    domain: str = ""
-
-
-class Builder:
-    """What a rule's ``rewrite`` uses to describe its replacement nodes and constants."""
-
-    def __init__(self, ctx: GraphContext, hint: str):
-        self.ctx = ctx
-        self.hint = hint
-        self.nodes: list[PendingNode] = []
-
-    def const(self, suffix: str, values: np.ndarray) -> gs.Constant:
-        return self.ctx.make_constant(f"{self.hint}_{suffix}", values)
-
-    def tensor(self, suffix: str, dtype=None, shape=None) -> gs.Variable:
-        return gs.Variable(self.ctx.unique_name(f"{self.hint}_{suffix}"), dtype=dtype, shape=shape)
-
-    def op(self, op_type: str, inputs: list, outputs: list | None = None, attrs: dict | None = None,
-           name: str | None = None, domain: str = "") -> list:
-        """Add a node; returns its output tensors (fresh ones unless ``outputs`` is given).
-
-        ``None`` inputs are omitted optional inputs (trailing ones are dropped).
-        """
-        inputs = list(inputs)
-        while inputs and inputs[-1] is None:
-            inputs.pop()
-        inputs = [gs.Variable.empty() if t is None else t for t in inputs]
-        outputs = list(outputs) if outputs is not None else [self.tensor(op_type.lower())]
-        self.nodes.append(PendingNode(op_type, list(inputs), outputs, dict(attrs or {}), name or self.hint, domain))
-        return outputs

@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 
 from ..algebra import NotRepresentable
 from ..graph import Builder, GraphContext, is_onnx_op
-from ..pattern import Rule
+from ..rule import Pass
 from .linear_ops import spatial_pads
 
 #: ops whose output elements are copies of input elements or of constants (scatters only
@@ -142,7 +142,7 @@ def border_region(ctx: GraphContext, pad: gs.Node, memo: dict | None = None,
     return region, exits[0]
 
 
-class CanonicalizeBorderFill(Rule):
+class CanonicalizeBorderFill(Pass):
     name = "canonicalize-border-fill"
     priority = 5
     probes = 2
@@ -150,7 +150,7 @@ class CanonicalizeBorderFill(Rule):
 
     def run(self, ctx: GraphContext) -> None:
         candidates = []
-        unproven = ctx.state.setdefault(self.name + ":unproven", {})  # id(pad) -> (pad, reason)
+        unproven = ctx.memory.setdefault("unproven", {})  # id(pad) -> (pad, reason)
         memo: dict = {}
         top_level = {id(n) for n in ctx.graph.nodes}
         for pad in ctx.nodes("Pad"):
@@ -164,16 +164,16 @@ class CanonicalizeBorderFill(Rule):
                 region, exit_ = border_region(ctx, pad, memo, top_level)
             except NotRepresentable as exc:
                 if "no border writes" not in str(exc):
-                    ctx.decline(self.name, pad, str(exc))
+                    ctx.decline(pad, str(exc))
                 continue
             if len(region) < 2:
                 continue  # Pad + one node: the canonical form (3 nodes) would not be smaller
             if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
-                ctx.decline(self.name, pad, "border fill after Pad: spatial size is dynamic, "
+                ctx.decline(pad, "border fill after Pad: spatial size is dynamic, "
                                             "its semantics cannot be proven")
                 continue
             if id(pad) in unproven:  # the evaluation is the costly part: do it once per Pad
-                ctx.decline(self.name, pad, unproven[id(pad)][1])
+                ctx.decline(pad, unproven[id(pad)][1])
                 continue
             candidates.append((pad, pads, y, region, exit_))
         if not candidates:
@@ -182,14 +182,14 @@ class CanonicalizeBorderFill(Rule):
             observed = self._probe(ctx, [(c[2], c[4]) for c in candidates])
         except Exception as exc:  # the graph could not be run: nothing proven
             for c in candidates:
-                ctx.decline(self.name, c[0], f"border fill could not be evaluated: {str(exc).splitlines()[0]}")
+                ctx.decline(c[0], f"border fill could not be evaluated: {str(exc).splitlines()[0]}")
             return
         for (pad, pads, y, region, exit_), runs in zip(candidates, observed):
             try:
                 v = border_values(runs, pads)
             except NotRepresentable as exc:
                 unproven[id(pad)] = (pad, str(exc))
-                ctx.decline(self.name, pad, str(exc))
+                ctx.decline(pad, str(exc))
                 continue
             b = Builder(ctx, pad.name or "border")
             rank = len(y.shape)
@@ -202,10 +202,7 @@ class CanonicalizeBorderFill(Rule):
                              attrs={"mode": "constant"})
             padded.dtype = y.dtype
             b.op("Add", [padded, const_v], outputs=[exit_])
-            try:
-                ctx.replace(self.name, [pad] + region, b.nodes)
-            except NotRepresentable as exc:
-                ctx.decline(self.name, pad, str(exc))
+            ctx.replace([pad] + region, b.nodes, at=pad)
 
     def _probe(self, ctx: GraphContext, pairs):
         from ..verification import make_inputs, run

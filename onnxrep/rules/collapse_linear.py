@@ -37,21 +37,22 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import AffineForm, ConvForm, NotRepresentable, avgpool, cast_back, pad_pointwise
+from ..algebra import AffineForm, NotRepresentable, avgpool, cast_back, pad_pointwise
 from ..graph import Builder, GraphContext, is_onnx_op
-from ..pattern import Rule
+from ..report import MergedConv
+from ..rule import Pass
 from .linear_ops import (activation_scale, avgpool_params, bn_form, constant_affine, conv_form, spatial_crop,
                          spatial_pads)
 from .region_costs import RegionCosts
 from .region_plans import (Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
                            precision_rtol, prune, then)
 
-class CollapseLinearRegions(Rule):
+class CollapseLinearRegions(Pass):
     name = "collapse-linear-regions"
     priority = 10
 
     def run(self, ctx: GraphContext) -> None:
-        walk = _Walk(ctx, self.name)
+        walk = _Walk(ctx)
         unvisited = {}  # tensor name -> readers not visited yet
         for node in list(ctx.graph.nodes):
             if not ctx.is_live(node):
@@ -72,9 +73,8 @@ class CollapseLinearRegions(Rule):
 class _Walk:
     PASS_THROUGH = ("Identity", "Dropout")
 
-    def __init__(self, ctx: GraphContext, rule: str):
+    def __init__(self, ctx: GraphContext):
         self.ctx = ctx
-        self.rule = rule
         self.memo: dict[str, Region] = {}
         self.costs = RegionCosts(ctx)
 
@@ -98,13 +98,13 @@ class _Walk:
             return
         if len([t for t in node.outputs if t.name]) != 1 or not node.outputs[0].name:
             if node.op == "BatchNormalization":
-                self.ctx.decline(self.rule, node, "BatchNormalization in training mode (it outputs running "
+                self.ctx.decline(node, "BatchNormalization in training mode (it outputs running "
                                                   "statistics): exported with model.train()?")
             return
         try:
             region = self.expression(node)
         except NotRepresentable as exc:
-            self.ctx.decline(self.rule, node, str(exc))
+            self.ctx.decline(node, str(exc))
             return
         if region is None:
             return
@@ -140,7 +140,7 @@ class _Walk:
             found = constant_affine(self.ctx, node)
             gate = activation_scale(self.ctx, node) if found is not None else None
             if gate is not None:
-                self.ctx.decline(self.rule, node, f"left to the {gate} it scales (runtimes fuse it whole)")
+                self.ctx.decline(node, f"left to the {gate} it scales (runtimes fuse it whole)")
                 return None
             if found is not None:
                 x, aff = found
@@ -183,7 +183,7 @@ class _Walk:
             return Region(out, [Plan(x, (own,), [node], convs=convs, dtype=dtype)])
         plans, error = self.extended(inner, node, step, affine, convs, dtype)
         if not plans:
-            self.ctx.decline(self.rule, node, f"not merged with its input region: {error}")
+            self.ctx.decline(node, f"not merged with its input region: {error}")
         cut = Plan(x, (own,), [node], (inner,), self.costs.total(inner), convs, dtype)
         return Region(out, prune(plans + [cut], lambda p: self.costs.plan_cost(p, out), cut), cut)
 
@@ -234,7 +234,7 @@ class _Walk:
         if node.op == "Dropout" and len(node.inputs) > 2 and not self.ctx.is_absent(node.inputs[2]):
             mode = self.ctx.constant(node.inputs[2])
             if mode is None or bool(np.any(mode)):
-                self.ctx.decline(self.rule, node, "Dropout in training mode (random): exported with model.train()?")
+                self.ctx.decline(node, "Dropout in training mode (random): exported with model.train()?")
                 return None
         return self.unary(node, affine=AffineForm.identity())
 
@@ -264,7 +264,7 @@ class _Walk:
             if error is not None:
                 raise error
             if any(p.convs for p in plans_a + plans_b):
-                self.ctx.decline(self.rule, node, f"branches read different tensors "
+                self.ctx.decline(node, f"branches read different tensors "
                                                   f"('{plans_a[0].root.name}', '{plans_b[0].root.name}')")
             return None
         apart = self.kept(node, ra, rb)
@@ -281,9 +281,9 @@ class _Walk:
         if region.why_apart is not None:
             at = plan.nodes[0] if plan.nodes else (plan.kept[-1] if plan.kept else None)
             if at is not None:
-                self.ctx.decline(self.rule, at, region.why_apart)
+                self.ctx.decline(at, region.why_apart)
         for node, reason in plan.why:
-            self.ctx.decline(self.rule, node, reason)
+            self.ctx.decline(node, reason)
         if plan.writes:
             self.replace(plan, region.sink)
 
@@ -305,23 +305,7 @@ class _Walk:
         acc = outputs[0]
         for i, t in enumerate(outputs[1:], start=1):
             acc = builder.op("Add", [acc, t], outputs=[sink] if i == k - 1 else None)[0]
-        made = self.ctx.replace(self.rule, plan.nodes, builder.nodes)
+        made = self.ctx.replace(plan.nodes, builder.nodes) or []
         for node, f in zip((n for n in made if n.op == "Conv"), convs):
-            self.ctx.created.append(weight_ranges(node.name, f))
+            self.ctx.merged(MergedConv.of(node.name, f.weight, f.groups))
 
-
-def weight_ranges(name: str, form: ConvForm) -> dict:
-    """Per-output-channel weight range of a merged conv.
-
-    Merging branches can leave output channels with very different weight magnitudes, which
-    hurts per-tensor INT8 quantization (RepVGG issues #46/#59, YOLOv6 #265): users should know
-    before TensorRT tells them.
-    """
-    absmax = np.abs(np.asarray(form.weight, dtype=np.float64)).reshape(form.out_channels, -1).max(axis=1)
-    positive = absmax[absmax > 0]
-    ratio = float(positive.max() / np.median(positive)) if positive.size else 0.0
-    return {"conv": name, "out_channels": int(form.out_channels), "kernel": list(form.kernel_shape),
-            "groups": int(form.groups), "weight_absmax": float(absmax.max()) if absmax.size else 0.0,
-            "channel_absmax_min": float(absmax.min()) if absmax.size else 0.0,
-            "channel_absmax_median": float(np.median(absmax)) if absmax.size else 0.0,
-            "outlier_ratio": ratio}

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from ..algebra import affine_then_gemm, cast_back
-from ..pattern import PatternRule, const, op, var
+from ..pattern import const, op, var
+from ..rule import PatternRule
 from .linear_ops import bn_form
 
 

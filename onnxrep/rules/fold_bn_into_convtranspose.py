@@ -7,7 +7,8 @@ ConvTranspose weights are laid out ``(I, O/g, k...)``: ``W[i, j]`` feeds output 
 from __future__ import annotations
 
 from ..algebra import cast_back, convtranspose_then_affine
-from ..pattern import PatternRule, const, op, var
+from ..pattern import const, op, var
+from ..rule import PatternRule
 from .linear_ops import bn_form
 
 

@@ -7,7 +7,8 @@ Gemm with ``alpha = 1`` and no ``C``; BN normalizes axis 1, so the MatMul output
 from __future__ import annotations
 
 from ..algebra import cast_back, gemm_then_affine
-from ..pattern import PatternRule, const, op, var
+from ..pattern import const, op, var
+from ..rule import PatternRule
 from .linear_ops import bn_form
 
 

@@ -19,13 +19,13 @@ import onnx_graphsurgeon as gs
 
 from ..graph import GraphContext, is_onnx_op
 from ..graph.evaluate import CONTROL_FLOW, RANDOM_OPS, evaluate
-from ..pattern import Rule
+from ..rule import Pass
 
 MAX_ELEMENTS = 1 << 20
 NEVER = RANDOM_OPS | CONTROL_FLOW | {"Constant", "Identity", "Dropout"}
 
 
-class FoldConstants(Rule):
+class FoldConstants(Pass):
     name = "fold-constants"
     priority = 0
 
@@ -65,7 +65,7 @@ class FoldConstants(Rule):
             try:
                 results = evaluate(node, values, ctx.opset)
             except Exception as exc:  # an op the reference cannot run: leave it
-                ctx.decline(self.name, node, f"cannot evaluate: {str(exc).splitlines()[0][:120]}")
+                ctx.decline(node, f"cannot evaluate: {str(exc).splitlines()[0][:120]}")
                 continue
             if sum(r.size for r in results) > min(MAX_ELEMENTS, sum(int(np.prod(i[0])) for i in infos if i is not None)):
                 continue  # it would add parameters (Expand of a scalar): rules read it in place (ctx.computed)
@@ -73,8 +73,5 @@ class FoldConstants(Rule):
 
     def _replace(self, ctx: GraphContext, node: gs.Node, results: list[np.ndarray]) -> None:
         for t, r in zip(node.outputs, results):
-            ctx.substitute(self.name, t, ctx.make_constant(t.name + "_folded", r))
-        dead = ctx.drop_dead_constants(ctx.disconnect([node]))  # Constant nodes read only here die too
-        ctx.release_unused()
-        ctx.stats[self.name].rewrites += 1
-        ctx.stats[self.name].nodes_removed += 1 + dead
+            ctx.substitute(t, ctx.make_constant(t.name + "_folded", r))
+        ctx.replace([node], [])  # nothing reads it now; Constant nodes read only here go too
