@@ -135,6 +135,7 @@ def _error(message: str, code: int) -> int:
 
 
 def _run(args) -> int:
+    from .graph.io import first_line
     from .optimizer import RuleSetError, resolve_rules
     from .pipeline import RulesFileError, VerificationFailed, load_rules_from, optimize_file
     from .report import format_report, text_table
@@ -165,7 +166,7 @@ def _run(args) -> int:
             result = verify(args.reference, args.candidate, input_shapes=shapes, seed=args.seed,
                             rtol=args.rtol, atol=args.atol)
         except (VerifyError, ValueError) as exc:
-            return _error(str(exc).splitlines()[0], EXIT_INPUT)
+            return _error(first_line(exc), EXIT_INPUT)
         print(format_result(result))
         if args.json:
             _write_json(args.json, result.to_dict())
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from .graph.io import InputError, OutputError
+    from .graph.io import InputError, OutputError, first_line
     from .rule import RuleError
     try:
         return _run(args)
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line unless --debug
         if getattr(args, "debug", False):
             raise
-        msg = str(exc).splitlines()[0] if str(exc) else ""
+        msg = first_line(exc) if str(exc).strip() else ""
         return _error(f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)",
                       EXIT_INTERNAL)
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .graph.io import InputError, OutputError, PendingOutput, load_model, same_file
+from .graph.io import InputError, OutputError, PendingOutput, first_line, load_model, same_file
 from .optimizer import optimize
 from .report import Report
 from .rule import Pass, PatternRule, Rule
@@ -43,7 +43,7 @@ def load_rules_from(path: str | os.PathLike) -> list[Rule]:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise RulesFileError(f"{p}: cannot import ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise RulesFileError(f"{p}: cannot import ({type(exc).__name__}: {first_line(exc)})") from None
     if hasattr(module, "RULES"):
         rules = [r() if isinstance(r, type) else r for r in module.RULES]
     else:
@@ -81,7 +81,7 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
             try:
                 result = verify(str(src), candidate, input_shapes=input_shapes, seed=seed, rtol=rtol, atol=atol)
             except ValueError as exc:  # bad --input-shape
-                raise InputError(str(exc).splitlines()[0]) from None
+                raise InputError(first_line(exc)) from None
             except VerifyError as exc:
                 raise VerificationFailed(f"verification could not run ({exc}); nothing written "
                                          f"(--no-verify skips the check, e.g. for custom ops)", report) from None

@@ -27,6 +27,7 @@ from __future__ import annotations
 from .algebra import NotRepresentable
 from .graph import Builder, GraphContext
 from .graph.builder import RuleUsageError
+from .graph.io import first_line
 from .pattern import Match, Pattern, match_node, private_problem
 
 
@@ -35,9 +36,9 @@ class RuleError(Exception):
 
     def __init__(self, rule: str, node: str | None, cause: BaseException, builtin: bool = False):
         self.rule, self.node, self.cause, self.builtin = rule, node, cause, builtin
-        first = str(cause).splitlines()[0] if str(cause) else ""
         at = f" on node '{node}'" if node else ""
-        super().__init__(f"rule '{rule}' failed{at}: {type(cause).__name__}: {first}".rstrip(": "))
+        detail = f": {first_line(cause)}" if str(cause).strip() else ""
+        super().__init__(f"rule '{rule}' failed{at}: {type(cause).__name__}{detail}")
 
 
 class Rule:

@@ -15,6 +15,7 @@ from onnx.external_data_helper import uses_external_data
 import onnxrep
 import onnxrep.graph.io as io
 import onnxrep.graph.convert as convert
+import onnxrep.runtime as runtime
 import onnxrep.verification as verification
 from onnxrep import cli
 
@@ -186,7 +187,6 @@ def test_truncated_external_data_is_exit_3(ext_model, tmp_path, capsys):
 def tiny_limits(monkeypatch):
     """Make every model count as 'over 2 GB' for writing and for in-memory verification."""
     monkeypatch.setattr(io, "PROTOBUF_LIMIT", 16)
-    monkeypatch.setattr(verification, "PROTOBUF_SIZE_LIMIT", 16)
 
 
 def test_forced_large_branch_writes_external_data_and_verifies(tmp_path, capsys, tiny_limits):
@@ -229,14 +229,14 @@ def test_forced_large_in_memory_verification(tmp_path, capsys, tiny_limits, monk
     sys_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(sys_tmp))
     made = []
-    real = verification.tempfile.TemporaryDirectory
+    real = runtime.tempfile.TemporaryDirectory
 
     def spy(*a, **k):
         d = real(*a, **k)
         made.append(d.name)
         return d
 
-    monkeypatch.setattr(verification.tempfile, "TemporaryDirectory", spy)
+    monkeypatch.setattr(runtime.tempfile, "TemporaryDirectory", spy)
     model, _ = repvgg_block()
     src = tmp_path / "block.onnx"
     onnx.save(model, str(src))

@@ -26,9 +26,23 @@ class OutputError(Exception):
     """The output cannot be written (same path as the input, folder missing or read-only, disk full)."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].strip()
+def first_line(exc) -> str:
+    """The first non-empty line of ``str(exc)`` (the type name of an exception without a message)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return exc if isinstance(exc, str) else type(exc).__name__
+
+
+def save_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, data_name: str) -> None:
+    """Save ``model`` to ``path`` with its tensors of 1 KiB or more in ``data_name`` beside it
+    (marks those tensors of ``model`` as external)."""
+    # not onnx.save_model(save_as_external_data=True, location=...): it refuses to write when a file
+    # named like `location` exists in the *current directory*
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+            set_external_data(t, data_name)
+    onnx.save_model(model, str(path))
 
 
 def proto_size(model: onnx.ModelProto) -> int:
@@ -60,7 +74,7 @@ def load_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelP
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise InputError(f"{p}: not an ONNX model ({_first_line(exc)})") from None
+        raise InputError(f"{p}: not an ONNX model ({first_line(exc)})") from None
     if not model.HasField("graph") or not len(model.opset_import) or model.ir_version <= 0:
         raise InputError(f"{p}: not an ONNX model (no graph, opset or IR version)")
     external = has_external_data(model)
@@ -73,12 +87,12 @@ def load_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelP
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except Exception as exc:
-            raise InputError(f"{p}: cannot load external data ({_first_line(exc)})") from None
+            raise InputError(f"{p}: cannot load external data ({first_line(exc)})") from None
     if check:
         try:
             onnx.checker.check_model(str(p))
         except Exception as exc:
-            raise InputError(f"{p}: invalid ONNX model: {_first_line(exc)}") from None
+            raise InputError(f"{p}: invalid ONNX model: {first_line(exc)}") from None
     return model, external
 
 
@@ -109,12 +123,7 @@ class PendingOutput:
         self.path = self.tmp / self.dest.name
         try:
             if self.data_name:
-                # not onnx.save_model(save_as_external_data=True, location=...): it refuses to write when a
-                # file named like `location` exists in the *current directory*
-                for t in model.graph.initializer:
-                    if t.HasField("raw_data") and len(t.raw_data) >= 1024:
-                        set_external_data(t, self.data_name)
-                onnx.save_model(model, str(self.path))
+                save_with_external_data(model, self.path, self.data_name)
             else:
                 with open(self.path, "wb") as f:
                     f.write(model.SerializeToString())
@@ -122,10 +131,10 @@ class PendingOutput:
                     os.fsync(f.fileno())
         except OSError as exc:
             self.discard()
-            raise OutputError(f"{self.dest}: cannot write ({exc.strerror or _first_line(exc)})") from None
+            raise OutputError(f"{self.dest}: cannot write ({exc.strerror or first_line(exc)})") from None
         except Exception as exc:
             self.discard()
-            raise OutputError(f"{self.dest}: cannot write ({_first_line(exc)})") from None
+            raise OutputError(f"{self.dest}: cannot write ({first_line(exc)})") from None
 
     def commit(self) -> Path:
         try:

@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import uses_external_data
 
+from .dtypes import FLOAT_TYPES
 from .evaluate import CONTROL_FLOW, RANDOM_OPS, evaluate_protos
 
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 def _pin(values: list[onnx.ValueInfoProto], sizes: dict[str, int]) -> None:

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from ..algebra import NotRepresentable
 from ..graph import Builder, GraphContext, is_onnx_op
+from ..graph.io import first_line
 from ..rule import Pass
 from .linear_ops import spatial_pads
 
@@ -182,7 +183,7 @@ class CanonicalizeBorderFill(Pass):
             observed = self._probe(ctx, [(c[2], c[4]) for c in candidates])
         except Exception as exc:  # the graph could not be run: nothing proven
             for c in candidates:
-                ctx.decline(c[0], f"border fill could not be evaluated: {str(exc).splitlines()[0]}")
+                ctx.decline(c[0], f"border fill could not be evaluated: {first_line(exc)}")
             return
         for (pad, pads, y, region, exit_), runs in zip(candidates, observed):
             try:

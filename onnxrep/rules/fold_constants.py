@@ -18,6 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..graph import GraphContext, is_onnx_op
+from ..graph.io import first_line
 from ..graph.evaluate import CONTROL_FLOW, RANDOM_OPS, evaluate
 from ..rule import Pass
 
@@ -65,7 +66,7 @@ class FoldConstants(Pass):
             try:
                 results = evaluate(node, values, ctx.opset)
             except Exception as exc:  # an op the reference cannot run: leave it
-                ctx.decline(node, f"cannot evaluate: {str(exc).splitlines()[0][:120]}")
+                ctx.decline(node, f"cannot evaluate: {first_line(exc)[:120]}")
                 continue
             if sum(r.size for r in results) > min(MAX_ELEMENTS, sum(int(np.prod(i[0])) for i in infos if i is not None)):
                 continue  # it would add parameters (Expand of a scalar): rules read it in place (ctx.computed)

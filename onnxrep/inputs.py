@@ -1,0 +1,230 @@
+"""Verification inputs: the model's real inputs, their shapes, and seeded random values.
+
+Input generation (:func:`make_inputs`)
+--------------------------------------
+* Only *real* inputs are fed: ``graph.input`` minus names that are initializers.
+* Static dims are kept.  A dynamic dim (``dim_param`` or no value at all) is
+  taken from ``input_shapes[name]`` when given.  Otherwise a symbolic dim that
+  the user fixed on another input (same ``dim_param``) reuses that value, and
+  the remaining dynamic dims use the defaults: axis 0 -> 1 (batch), any other
+  axis -> 32.
+* Float inputs (float/double/float16/bfloat16/float8) are standard-normal
+  samples from ``numpy.random.default_rng(seed)`` cast to the dtype
+  (bfloat16/float8 via ``ml_dtypes``); integer inputs are uniform in [0, 4);
+  bool inputs are uniform random.  Inputs are drawn in graph order, so the
+  result is deterministic for a given model, shapes and seed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .graph.dtypes import FLOAT_TYPES, INT_TYPES
+from .graph.io import first_line
+
+ModelLike = Union[onnx.ModelProto, str, "os.PathLike[str]"]
+
+#: Default for a dynamic axis 0 (batch) when the user gives no shape.
+DEFAULT_BATCH_DIM = 1
+#: Default for any other dynamic axis when the user gives no shape.
+DEFAULT_OTHER_DIM = 32
+
+
+class VerifyError(Exception):
+    """A model could not be run (session creation or run failed). The message is always one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(first_line(message))
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse CLI shape specs ``"name:1,3,224,224"`` (repeatable).
+
+    A spec without a name (``"1,3,224,224"``) means "the only input" and is
+    returned under the key ``""``; it must then be the only spec.  The name is
+    split at the *last* colon, so names containing colons (``"x:0:1,3"``) work.
+    Raises ValueError with a one-line message on bad syntax.
+    """
+    if isinstance(specs, str):
+        specs = [specs]
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        s = str(spec).strip()
+        if ":" in s:
+            name, dims_text = s.rsplit(":", 1)
+            name = name.strip()
+            if not name:
+                raise ValueError(f"bad input shape {spec!r}: empty input name before ':'")
+        else:
+            name, dims_text = "", s
+        dims_text = dims_text.strip()
+        if not dims_text:
+            raise ValueError(f"bad input shape {spec!r}: expected NAME:D1,D2,... or D1,D2,...")
+        dims = []
+        for part in dims_text.split(","):
+            part = part.strip()
+            try:
+                d = int(part)
+            except ValueError:
+                raise ValueError(
+                    f"bad input shape {spec!r}: dimension {part!r} is not an integer"
+                ) from None
+            if d < 1:
+                raise ValueError(f"bad input shape {spec!r}: dimension {d} must be >= 1")
+            dims.append(d)
+        if name in out:
+            what = f"input {name!r}" if name else "the unnamed input"
+            raise ValueError(f"bad input shapes: {what} given more than once")
+        out[name] = tuple(dims)
+    if "" in out and len(out) > 1:
+        raise ValueError("bad input shapes: an unnamed shape is only allowed as the single shape spec")
+    return out
+
+
+def load_graph_only(model: ModelLike) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        return onnx.load(os.fspath(model), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any load failure is user-facing
+        raise VerifyError(f"cannot load model {os.fspath(model)!r}: {first_line(e)}") from e
+
+
+def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    return [vi for vi in graph.input if vi.name not in inits]
+
+
+def _fmt_model_shape(dims: list[Any]) -> str:
+    return "(" + ",".join(str(d) for d in dims) + ")"
+
+
+def _resolve_shapes(
+    inputs: list[onnx.ValueInfoProto], input_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
+    names = [vi.name for vi in inputs]
+    user = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+    if "" in user:
+        if len(names) != 1:
+            raise ValueError(
+                f"an unnamed input shape needs a model with exactly one input, "
+                f"but it has {len(names)}: {', '.join(names) or '(none)'}"
+            )
+        if names[0] in user:
+            raise ValueError(f"input {names[0]!r} given both with and without a name")
+        user[names[0]] = user.pop("")
+    unknown = [k for k in user if k not in names]
+    if unknown:
+        raise ValueError(
+            f"input shape given for unknown input(s) {', '.join(map(repr, unknown))}; "
+            f"model inputs: {', '.join(names) or '(none)'}"
+        )
+
+    # model dims per input: int (static) | str (dim_param) | None (unknown)
+    model_dims: dict[str, list[Any] | None] = {}
+    for vi in inputs:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            model_dims[vi.name] = None
+            continue
+        dims: list[Any] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_value") and d.dim_value == 0:
+                dims.append(0)
+            elif d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        model_dims[vi.name] = dims
+
+    # check user shapes, collect dim_param bindings
+    bindings: dict[str, int] = {}
+    for name, shape in user.items():
+        dims = model_dims[name]
+        if dims is None:
+            continue
+        if len(shape) != len(dims):
+            raise ValueError(
+                f"input {name!r}: given shape {_fmt_model_shape(list(shape))} has rank {len(shape)} "
+                f"but the model declares rank {len(dims)} {_fmt_model_shape(dims)}"
+            )
+        for axis, (u, m) in enumerate(zip(shape, dims)):
+            if isinstance(m, int) and u != m:
+                raise ValueError(
+                    f"input {name!r}: given shape {_fmt_model_shape(list(shape))} conflicts with "
+                    f"model shape {_fmt_model_shape(dims)} at axis {axis} (fixed to {m})"
+                )
+            if isinstance(m, str):
+                bindings.setdefault(m, u)
+
+    resolved: dict[str, tuple[int, ...]] = {}
+    for vi in inputs:
+        name = vi.name
+        if name in user:
+            resolved[name] = user[name]
+            continue
+        dims = model_dims[name]
+        if dims is None:
+            raise ValueError(f"input {name!r} has no shape information; give its shape explicitly")
+        out = []
+        for axis, m in enumerate(dims):
+            if isinstance(m, int):
+                out.append(m)
+            elif isinstance(m, str) and m in bindings:
+                out.append(bindings[m])
+            else:
+                out.append(DEFAULT_BATCH_DIM if axis == 0 else DEFAULT_OTHER_DIM)
+        resolved[name] = tuple(out)
+    return resolved
+
+
+def _np_dtype(elem_type: int) -> np.dtype:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(
+            f"unsupported input dtype {TensorProto.DataType.Name(elem_type)} "
+            f"(ml_dtypes may be required): {first_line(e)}"
+        ) from e
+
+
+def make_inputs(
+    model: ModelLike,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs for every real input of ``model`` (see module doc).
+
+    ``input_shapes`` maps input name -> shape (key ``""`` = the only input, as
+    produced by :func:`parse_input_shapes`).  Dynamic dims not given default
+    to 1 on axis 0 and 32 elsewhere.  Raises ValueError when a given shape
+    disagrees with the model's static dims/rank or names an unknown input.
+    """
+    m = load_graph_only(model)
+    inputs = real_inputs(m.graph)
+    for vi in inputs:
+        if vi.type.WhichOneof("value") != "tensor_type":
+            raise ValueError(f"input {vi.name!r} is not a tensor; only tensor inputs are supported")
+    shapes = _resolve_shapes(inputs, input_shapes or {})
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for vi in inputs:
+        et = vi.type.tensor_type.elem_type
+        shape = shapes[vi.name]
+        if et in FLOAT_TYPES:
+            dtype = _np_dtype(et)
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif et in INT_TYPES:
+            feeds[vi.name] = rng.integers(0, 4, size=shape).astype(_np_dtype(et))
+        elif et == TensorProto.BOOL:
+            feeds[vi.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+        else:
+            name = TensorProto.DataType.Name(et) if et in TensorProto.DataType.values() else str(et)
+            raise ValueError(f"input {vi.name!r}: unsupported dtype {name} for random inputs")
+    return feeds
