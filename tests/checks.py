@@ -1,12 +1,23 @@
 """Assertions and report helpers shared by the graph-level tests."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import onnx
+import pytest
 from onnx import helper
 
-from onnxrep import optimize, verify
+from onnxrep import NotRepresentable, optimize, verify
 
 COLLAPSE = "collapse-linear-regions"
+
+
+@contextmanager
+def not_representable(code: str):
+    """``pytest.raises(NotRepresentable)`` whose reason has the kind ``code`` (not a message text)."""
+    with pytest.raises(NotRepresentable) as info:
+        yield info
+    assert info.value.code == code, f"code {info.value.code!r}, expected {code!r} ({info.value})"
 
 
 def run_opt(model: onnx.ModelProto, **kw):

@@ -26,7 +26,8 @@ def bn_affine(scale, bias, mean, var, epsilon: float) -> AffineForm:
 def _same_channels(a: AffineForm, b: AffineForm) -> None:
     ca, cb = a.channels, b.channels
     if ca is not None and cb is not None and ca != cb:
-        raise NotRepresentable(f"per-channel constants of lengths {ca} and {cb} (one broadcasts along another axis)")
+        raise NotRepresentable(f"per-channel constants of lengths {ca} and {cb} (one broadcasts along another axis)",
+                               code="broadcast")
 
 
 def affine_then_affine(first: AffineForm, second: AffineForm) -> AffineForm:
@@ -70,7 +71,7 @@ def affine_then_conv(affine: AffineForm, conv: ConvForm) -> ConvForm:
     affine.check_rank(conv.rank)
     s, t = affine.vectors(conv.in_channels)
     if any(p != 0 for p in conv.pads) and np.any(t != 0):
-        raise NotRepresentable("affine with a non-zero shift before a zero-padding conv is not a conv")
+        raise NotRepresentable("affine with a non-zero shift before a zero-padding conv is not a conv", code="padding")
     g, ig = conv.groups, conv.weight_shape[1]
     og = conv.out_channels // g
     grouped = (g, og, ig) + conv.kernel_shape

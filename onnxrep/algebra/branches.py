@@ -29,7 +29,7 @@ def regroup(conv: ConvForm, groups: int) -> ConvForm:
     if groups == g_old:
         return conv
     if groups < 1 or g_old % groups:
-        raise NotRepresentable(f"cannot rewrite groups={g_old} as groups={groups}")
+        raise NotRepresentable(f"cannot rewrite groups={g_old} as groups={groups}", code="groups")
     out_c, in_c = conv.out_channels, conv.in_channels
     og_old, ig_old = out_c // g_old, conv.weight_shape[1]
     ig_new = in_c // groups
@@ -49,17 +49,18 @@ def regroup(conv: ConvForm, groups: int) -> ConvForm:
 def add(a: ConvForm, b: ConvForm, sign: float = 1.0) -> ConvForm:
     """``a(x) + sign * b(x)`` as one conv, or ``NotRepresentable`` with the reason."""
     if a.n_spatial != b.n_spatial:
-        raise NotRepresentable("branches have different spatial ranks")
+        raise NotRepresentable("branches have different spatial ranks", code="rank")
     if a.out_channels != b.out_channels or a.in_channels != b.in_channels:
         raise NotRepresentable(
-            f"branch channels differ: {a.in_channels}->{a.out_channels} vs {b.in_channels}->{b.out_channels}")
+            f"branch channels differ: {a.in_channels}->{a.out_channels} vs {b.in_channels}->{b.out_channels}",
+            code="channels")
     n = a.n_spatial
     strides, dilations, begins, ends, kernel, offsets = [], [], [], [], [], []
     for ax in range(n):
         ka, kb = a.kernel_shape[ax], b.kernel_shape[ax]
         sa, sb = a.strides[ax], b.strides[ax]
         if sa != sb:
-            raise NotRepresentable(f"strides differ on spatial axis {ax}: {sa} vs {sb}")
+            raise NotRepresentable(f"strides differ on spatial axis {ax}: {sa} vs {sb}", code="strides")
         da, db = a.dilations[ax], b.dilations[ax]
         # a 1-tap kernel has no dilation of its own: it takes the other branch's
         if ka == 1:
@@ -67,17 +68,18 @@ def add(a: ConvForm, b: ConvForm, sign: float = 1.0) -> ConvForm:
         if kb == 1:
             db = da
         if da != db:
-            raise NotRepresentable(f"dilations differ on spatial axis {ax}: {da} vs {db}")
+            raise NotRepresentable(f"dilations differ on spatial axis {ax}: {da} vs {db}", code="dilations")
         d = da
         pba, pea = a.pads[ax], a.pads[n + ax]
         pbb, peb = b.pads[ax], b.pads[n + ax]
         slack_a = pea - (d * (ka - 1) - pba)
         slack_b = peb - (d * (kb - 1) - pbb)
         if slack_a != slack_b:
-            raise NotRepresentable(f"branches are not aligned on spatial axis {ax} (output sizes differ)")
+            raise NotRepresentable(f"branches are not aligned on spatial axis {ax} (output sizes differ)",
+                                   code="alignment")
         begin = max(pba, pbb)
         if (begin - pba) % d or (begin - pbb) % d:
-            raise NotRepresentable(f"branch taps fall between dilated taps on spatial axis {ax}")
+            raise NotRepresentable(f"branch taps fall between dilated taps on spatial axis {ax}", code="alignment")
         oa, ob = (begin - pba) // d, (begin - pbb) // d
         k = max(oa + ka, ob + kb)
         strides.append(sa)
@@ -106,7 +108,7 @@ def identity(channels: int, n_spatial: int, groups: int | None = None) -> ConvFo
     """The identity as a 1x1 conv: ``W[i, i mod (C/g)] = 1`` (depthwise when ``groups`` is None)."""
     groups = channels if groups is None else groups
     if channels % groups:
-        raise NotRepresentable(f"{channels} channels not divisible by groups={groups}")
+        raise NotRepresentable(f"{channels} channels not divisible by groups={groups}", code="channels")
     ig = channels // groups
     w = np.zeros((channels, ig) + (1,) * n_spatial)
     w[(np.arange(channels), np.arange(channels) % ig) + (0,) * n_spatial] = 1.0

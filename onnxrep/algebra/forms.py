@@ -39,7 +39,7 @@ def cast_back(dtype, *arrays: np.ndarray) -> list[np.ndarray]:
     """The float64 results cast to the model's ``dtype``; ``NotRepresentable`` if any overflows it."""
     reason = overflow(dtype, *arrays)
     if reason:
-        raise NotRepresentable(reason)
+        raise NotRepresentable(reason, code="dtype-range")
     return [np.asarray(a).astype(np.dtype(dtype)) for a in arrays]
 
 
@@ -91,13 +91,15 @@ class ConvForm:
     def __post_init__(self):
         n = len(self.weight_shape) - 2
         if n < 1:
-            raise NotRepresentable(f"conv weight must have rank >= 3, got {self.weight_shape}")
+            raise NotRepresentable(f"conv weight must have rank >= 3, got {self.weight_shape}", code="rank")
         if len(self.strides) != n or len(self.dilations) != n or len(self.pads) != 2 * n:
-            raise NotRepresentable("strides/dilations/pads do not match the kernel rank")
+            raise NotRepresentable("strides/dilations/pads do not match the kernel rank", code="rank")
         if self.bias.shape != (self.weight_shape[0],):
-            raise NotRepresentable(f"bias shape {self.bias.shape} does not match {self.weight_shape[0]} outputs")
+            raise NotRepresentable(f"bias shape {self.bias.shape} does not match {self.weight_shape[0]} outputs",
+                                   code="shape")
         if self.groups < 1 or self.weight_shape[0] % self.groups:
-            raise NotRepresentable(f"{self.weight_shape[0]} output channels not divisible by groups={self.groups}")
+            raise NotRepresentable(f"{self.weight_shape[0]} output channels not divisible by groups={self.groups}",
+                                   code="channels")
 
     @property
     def weight(self) -> np.ndarray:
@@ -176,9 +178,11 @@ class AffineForm:
     def check_rank(self, rank: int) -> None:
         """Raise unless the broadcast constants this affine came from fit a tensor of ``rank``."""
         if self.rank is not None and self.rank != rank:
-            raise NotRepresentable(f"constant broadcasts along an axis other than the channels of a rank-{rank} tensor")
+            raise NotRepresentable(f"constant broadcasts along an axis other than the channels of a rank-{rank} tensor",
+                                   code="broadcast")
         if rank < self.min_rank:
-            raise NotRepresentable(f"constant of rank {self.min_rank} would broadcast a rank-{rank} tensor up")
+            raise NotRepresentable(f"constant of rank {self.min_rank} would broadcast a rank-{rank} tensor up",
+                                   code="broadcast")
 
     def vectors(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scale, shift)`` as float64 vectors of length ``channels``."""
@@ -186,14 +190,15 @@ class AffineForm:
         for a in (self.scale, self.shift):
             a = f64(a)
             if a.ndim == 1 and a.shape[0] != channels:
-                raise NotRepresentable(f"per-channel constant of length {a.shape[0]} on {channels} channels")
+                raise NotRepresentable(f"per-channel constant of length {a.shape[0]} on {channels} channels",
+                                       code="channels")
             out.append(np.broadcast_to(a, (channels,)))
         return out[0], out[1]
 
 
 def merge_rank(a: AffineForm, b: AffineForm) -> tuple[int | None, int]:
     if a.rank is not None and b.rank is not None and a.rank != b.rank:
-        raise NotRepresentable("constants broadcast along different axes")
+        raise NotRepresentable("constants broadcast along different axes", code="broadcast")
     return (a.rank if a.rank is not None else b.rank), max(a.min_rank, b.min_rank)
 
 
@@ -209,6 +214,6 @@ def channel_constant(const: np.ndarray) -> tuple[np.ndarray, int | None, int]:
     if not big:
         return f64(const).reshape(()), None, const.ndim
     if len(big) > 1:
-        raise NotRepresentable(f"constant of shape {const.shape} is not per-channel")
+        raise NotRepresentable(f"constant of shape {const.shape} is not per-channel", code="broadcast")
     pos_from_right = const.ndim - 1 - big[0]
     return f64(const).reshape(-1), pos_from_right + 2, const.ndim

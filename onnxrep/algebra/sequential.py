@@ -31,26 +31,29 @@ def is_pointwise(conv: ConvForm) -> bool:
 def _check_no_pad_after_crop(inner, outer) -> None:
     """Zero padding after a crop re-reads nothing: ``pad(crop(x))`` is not a padding of ``x``."""
     if any(a < 0 and b > 0 for a, b in zip(inner, outer)):
-        raise NotRepresentable("padding after a crop on the same side is not a conv of the uncropped input")
+        raise NotRepresentable("padding after a crop on the same side is not a conv of the uncropped input",
+                               code="padding")
 
 
 def compose(first: ConvForm, second: ConvForm) -> ConvForm:
     """``second(first(x))`` as one conv, or ``NotRepresentable``."""
     if first.n_spatial != second.n_spatial:
-        raise NotRepresentable("sequential convs have different spatial ranks")
+        raise NotRepresentable("sequential convs have different spatial ranks", code="rank")
     if first.out_channels != second.in_channels:
-        raise NotRepresentable(f"channel mismatch: {first.out_channels} outputs feed {second.in_channels} inputs")
+        raise NotRepresentable(f"channel mismatch: {first.out_channels} outputs feed {second.in_channels} inputs",
+                               code="channels")
     if is_pointwise(first):
         _check_no_pad_after_crop(first.pads, second.pads)
         if any(second.pads) and np.any(f64(first.bias) != 0):
-            raise NotRepresentable("the second conv zero-pads an intermediate whose border value (bias) is not 0")
+            raise NotRepresentable("the second conv zero-pads an intermediate whose border value (bias) is not 0",
+                                   code="padding")
         pads = tuple(a + b for a, b in zip(first.pads, second.pads))
         strides, dilations = second.strides, second.dilations
         kernel = second.kernel_shape
     elif is_pointwise(second) and not any(second.pads):
         pads, strides, dilations, kernel = first.pads, first.strides, first.dilations, first.kernel_shape
     else:
-        raise NotRepresentable("only 1x1 -> KxK and KxK -> 1x1 (stride 1, no padding) sequences merge")
+        raise NotRepresentable("only 1x1 -> KxK and KxK -> 1x1 (stride 1, no padding) sequences merge", code="sequence")
     g = math.gcd(first.groups, second.groups)
     out_c, in_c, mid = second.out_channels, first.in_channels, first.out_channels
     # b = b2 + sum_{m,k} W2[o, m, k] b1[m], read in the second conv's own groups
@@ -82,10 +85,10 @@ def pad_pointwise(conv: ConvForm, pads, value, rtol: float = 1e-5) -> ConvForm:
     compute the border in the model's precision (float32: 1e-5; float16 needs about 4e-3).
     """
     if not is_pointwise(conv):
-        raise NotRepresentable("padding after a non-pointwise conv is not a conv of the unpadded input")
+        raise NotRepresentable("padding after a non-pointwise conv is not a conv of the unpadded input", code="padding")
     pads = tuple(int(p) for p in pads)
     if len(pads) != len(conv.pads):
-        raise NotRepresentable("pads do not match the spatial rank")
+        raise NotRepresentable("pads do not match the spatial rank", code="rank")
     _check_no_pad_after_crop(conv.pads, pads)
     if any(p > 0 for p in pads):  # a crop (negative pads) writes no border
         border = np.broadcast_to(f64(value).reshape(-1), (conv.out_channels,))
@@ -94,7 +97,7 @@ def pad_pointwise(conv: ConvForm, pads, value, rtol: float = 1e-5) -> ConvForm:
         # relative to the size of the map's outputs (|bias| + the largest row sum of |W|)
         scale = np.abs(bias).max(initial=0) + np.abs(f64(conv.weight)).reshape(conv.out_channels, -1).sum(1).max()
         if np.abs(border - bias).max(initial=0) > rtol * scale + 1e-12:
-            raise NotRepresentable("the padding value is not the map's value at zero input")
+            raise NotRepresentable("the padding value is not the map's value at zero input", code="padding")
     return ConvForm(conv.raw_weight, conv.bias, conv.strides, tuple(a + b for a, b in zip(conv.pads, pads)),
                     conv.dilations, conv.groups)
 
@@ -105,6 +108,7 @@ def avgpool(channels: int, kernel, strides=None, pads=None, count_include_pad: b
     n = len(kernel)
     pads = tuple(int(p) for p in (pads or (0,) * (2 * n)))
     if any(pads) and not count_include_pad:
-        raise NotRepresentable("AveragePool with padding and count_include_pad=0 divides borders differently")
+        raise NotRepresentable("AveragePool with padding and count_include_pad=0 divides borders differently",
+                               code="padding")
     w = np.full((channels, 1) + kernel, 1.0 / math.prod(kernel))
     return ConvForm.make(w, np.zeros(channels), strides or (1,) * n, pads, (1,) * n, channels)

@@ -20,7 +20,6 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import NotRepresentable
 from ..report import Decline, MergedConv, RuleRecord
 from . import gs_shim
 from .builder import PendingNode
@@ -43,11 +42,6 @@ def all_names(graph: gs.Graph) -> set[str]:
                 elif isinstance(value, (list, tuple)):
                     stack.extend(v for v in value if isinstance(v, gs.Graph))
     return names
-
-
-class RegionNotPrivate(NotRepresentable):
-    """A tensor inside the region is a graph output or is read outside the region."""
-    code = "not-private"
 
 
 class GraphContext(ConstantQueries):
@@ -174,12 +168,6 @@ class GraphContext(ConstantQueries):
                     if id(c) not in ids:
                         return f"tensor '{t.name}' inside the region is also read by '{c.name or c.op}'"
         return None
-
-    def check_private(self, region: Iterable[gs.Node], keeps: Iterable[gs.Tensor]) -> None:
-        """``not_private``, raised as ``RegionNotPrivate``."""
-        problem = self.not_private(region, keeps)
-        if problem is not None:
-            raise RegionNotPrivate(problem)
 
     def replace(self, region: list[gs.Node], new_nodes: list[PendingNode],
                 at: gs.Node | None = None) -> list[gs.Node] | None:

@@ -116,13 +116,13 @@ def border_region(ctx: GraphContext, pad: gs.Node, memo: dict | None = None,
             region.append(node)
             in_region.add(id(node))
             if len(region) > MAX_REGION:
-                raise NotRepresentable("border region too large")
+                raise NotRepresentable("border region too large", code="border")
             for out in node.outputs:
                 if data_in and node.op != "Shape":
                     data.add(id(out))
                 frontier.append(out)
     if not region:
-        raise NotRepresentable("no border writes after the Pad")
+        raise NotRepresentable("no border writes after the Pad", code="border")
     # inputs from outside: constants, or non-data tensors (shapes); never other float data
     for node in region:
         for i, x in enumerate(node.inputs):
@@ -131,7 +131,7 @@ def border_region(ctx: GraphContext, pad: gs.Node, memo: dict | None = None,
             if x.inputs and id(x.inputs[0]) in in_region:
                 continue
             if not data_free(ctx, x, memo if memo is not None else {}):
-                raise NotRepresentable(f"border region reads another tensor '{x.name}'")
+                raise NotRepresentable(f"border region reads another tensor '{x.name}'", code="border")
     exits = []
     for node in [pad] + region:
         for out in node.outputs:
@@ -139,7 +139,7 @@ def border_region(ctx: GraphContext, pad: gs.Node, memo: dict | None = None,
             if outside or ctx.is_graph_output(out):
                 exits.append(out)
     if len(exits) != 1 or id(exits[0]) not in data:
-        raise NotRepresentable(f"border region has {len(exits)} exits")
+        raise NotRepresentable(f"border region has {len(exits)} exits", code="border")
     return region, exits[0]
 
 
@@ -237,20 +237,21 @@ def border_values(runs, pads) -> np.ndarray:
     for y, q in runs:
         expect_shape = y.shape[:2] + tuple(y.shape[2 + i] + pads[i] + pads[n + i] for i in range(n))
         if q.shape != expect_shape:
-            raise NotRepresentable(f"border region output shape {q.shape} is not the padded {expect_shape}")
+            raise NotRepresentable(f"border region output shape {q.shape} is not the padded {expect_shape}",
+                                   code="border")
         inner = (slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + y.shape[2 + i]) for i in range(n))
         if not np.array_equal(q[inner], y):
-            raise NotRepresentable("border region changes the inside of the padded tensor")
+            raise NotRepresentable("border region changes the inside of the padded tensor", code="border")
         mask = np.ones(q.shape[2:], bool)
         mask[inner[2:]] = False
         border = np.moveaxis(q, 1, 0)[:, :, mask] if mask.any() else None
         if border is None:
-            raise NotRepresentable("Pad adds no border")
+            raise NotRepresentable("Pad adds no border", code="border")
         v = border.reshape(border.shape[0], -1)
         if not np.all(v == v[:, :1]):
-            raise NotRepresentable("border values are not one constant per channel")
+            raise NotRepresentable("border values are not one constant per channel", code="padding")
         v = v[:, 0]
         if values is not None and not np.array_equal(values, v):
-            raise NotRepresentable("border values depend on the data")
+            raise NotRepresentable("border values depend on the data", code="padding")
         values = v
     return values

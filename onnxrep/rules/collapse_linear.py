@@ -202,7 +202,7 @@ class _Walk:
         forms = [t for p in inner.plans for t in p.terms] if inner is not None else [AffineForm.identity()]
         channels = next((c for c in (channels_of(f, x) for f in forms) if c is not None), None)
         if channels is None:
-            raise NotRepresentable("AveragePool channel count unknown (no shape information)")
+            raise NotRepresentable("AveragePool channel count unknown (no shape information)", code="channels")
         pool = avgpool(channels, kernel, strides, pads, include_pad)
         return self.unary(node, lambda f: then(f, pool), own=pool)
 

@@ -15,12 +15,12 @@ def conv_form(ctx: GraphContext, node: gs.Node) -> ConvForm:
         raise NotRepresentable("Conv without a weight input")
     w = ctx.constant(node.inputs[1])
     if w is None:
-        raise NotRepresentable("conv weight is not a constant")
+        raise NotRepresentable("conv weight is not a constant", code="not-constant")
     b = None
     if len(node.inputs) > 2 and not ctx.is_absent(node.inputs[2]):
         b = ctx.constant(node.inputs[2])
         if b is None:
-            raise NotRepresentable("conv bias is not a constant")
+            raise NotRepresentable("conv bias is not a constant", code="not-constant")
     a = node.attrs
     n = w.ndim - 2
     kernel = tuple(w.shape[2:])
@@ -37,7 +37,7 @@ def conv_form(ctx: GraphContext, node: gs.Node) -> ConvForm:
         pads = (0,) * (2 * n)
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         if any(s != 1 for s in strides):
-            raise NotRepresentable(f"auto_pad={auto_pad} with stride > 1 depends on the input size")
+            raise NotRepresentable(f"auto_pad={auto_pad} with stride > 1 depends on the input size", code="strides")
         total = [d * (k - 1) for d, k in zip(dilations, kernel)]
         small = [t // 2 for t in total]
         big = [t - t // 2 for t in total]
@@ -55,7 +55,7 @@ def bn_form(ctx: GraphContext, node: gs.Node) -> AffineForm:
         raise NotRepresentable("BatchNormalization in training mode (it outputs running statistics)")
     params = [ctx.constant(t) for t in node.inputs[1:5]]
     if len(params) != 4 or any(p is None for p in params):
-        raise NotRepresentable("BatchNormalization parameters are not constants")
+        raise NotRepresentable("BatchNormalization parameters are not constants", code="not-constant")
     if any(p.ndim != 1 for p in params):
         raise NotRepresentable("BatchNormalization parameters are not vectors")
     return bn_affine(*params, epsilon=float(node.attrs.get("epsilon", 1e-5)))
@@ -171,23 +171,23 @@ def spatial_pads(ctx: GraphContext, node: gs.Node) -> tuple[tuple[int, ...], flo
         raise NotRepresentable("Pad with pads as an attribute (opset < 11)")
     pads = _ints(ctx, node.inputs[1]) if len(node.inputs) > 1 else None
     if pads is None:
-        raise NotRepresentable("Pad pads are not constant")
+        raise NotRepresentable("Pad pads are not constant", code="not-constant")
     value = 0.0
     if len(node.inputs) > 2 and not ctx.is_absent(node.inputs[2]):
         v = ctx.constant(node.inputs[2])
         if v is None or v.size != 1:
-            raise NotRepresentable("Pad value is not a constant scalar")
+            raise NotRepresentable("Pad value is not a constant scalar", code="not-constant")
         value = float(np.asarray(v).reshape(()))
     n_axes = len(pads) // 2
     axes = list(range(n_axes))
     if len(node.inputs) > 3 and not ctx.is_absent(node.inputs[3]):
         axes = _ints(ctx, node.inputs[3])
         if axes is None:
-            raise NotRepresentable("Pad axes are not constant")
+            raise NotRepresentable("Pad axes are not constant", code="not-constant")
     rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else (n_axes if len(axes) == n_axes and
                                                                                   axes == list(range(n_axes)) else None)
     if rank is None:
-        raise NotRepresentable("rank of the padded tensor is unknown")
+        raise NotRepresentable("rank of the padded tensor is unknown", code="rank")
     full = [0] * (2 * rank)
     for i, ax in enumerate(axes):
         ax = ax + rank if ax < 0 else ax
@@ -201,14 +201,14 @@ def spatial_crop(ctx: GraphContext, node: gs.Node) -> tuple[int, ...]:
     """A Slice with step 1 on spatial axes as negative ONNX pads (a crop)."""
     x = node.inputs[0]
     if x.shape is None:
-        raise NotRepresentable("rank of the sliced tensor is unknown")
+        raise NotRepresentable("rank of the sliced tensor is unknown", code="rank")
     rank = len(x.shape)
     starts = _ints(ctx, node.inputs[1])
     ends = _ints(ctx, node.inputs[2])
     axes = _ints(ctx, node.inputs[3]) if len(node.inputs) > 3 else list(range(len(starts or [])))
     steps = _ints(ctx, node.inputs[4]) if len(node.inputs) > 4 else None
     if starts is None or ends is None or axes is None:
-        raise NotRepresentable("Slice starts/ends/axes are not constant")
+        raise NotRepresentable("Slice starts/ends/axes are not constant", code="not-constant")
     if steps is not None and any(s != 1 for s in steps):
         raise NotRepresentable("Slice with steps other than 1")
     n = rank - 2

@@ -140,7 +140,7 @@ def as_conv(form: Form, channels: int | None, n_spatial: int) -> ConvForm:
         return form
     channels = form.channels or channels
     if channels is None:
-        raise NotRepresentable("number of channels unknown (no shape information)")
+        raise NotRepresentable("number of channels unknown (no shape information)", code="channels")
     return affine_as_conv(form, channels, n_spatial)
 
 
