@@ -37,13 +37,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import AffineForm, NotRepresentable, avgpool, cast_back, pad_pointwise
-from ..graph import Builder, GraphContext, is_onnx_op
-from ..report import MergedConv
+from ..algebra import AffineForm, NotRepresentable, avgpool, pad_pointwise
+from ..graph import GraphContext, is_onnx_op
 from ..rule import Pass
 from .linear_ops import (activation_scale, avgpool_params, bn_form, constant_affine, conv_form, spatial_crop,
                          spatial_pads)
 from .region_costs import RegionCosts
+from .region_write import write_segment
 from .region_plans import (Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
                            precision_rtol, prune, then)
 
@@ -285,27 +285,4 @@ class _Walk:
         for node, reason in plan.why:
             self.ctx.decline(node, reason)
         if plan.writes:
-            self.replace(plan, region.sink)
-
-    def replace(self, plan: Plan, sink: gs.Tensor) -> None:
-        """The open segment as one Conv per term reading the root, summed by Adds into ``sink``."""
-        builder = Builder(self.ctx, plan.nodes[-1].name or "conv")
-        convs, outputs = [], []
-        k = len(plan.terms)
-        for i, term in enumerate(plan.terms):
-            f = self.costs.term_conv(term, sink, plan.terms)
-            w, b = cast_back(plan.dtype or np.float32, f.weight, f.bias)
-            attrs = {"kernel_shape": list(f.kernel_shape), "strides": list(f.strides), "pads": list(f.pads),
-                     "dilations": list(f.dilations), "group": f.groups}
-            bias = builder.const("bias", b) if np.any(b) else None  # a zero bias is not written
-            out = sink if k == 1 else builder.tensor(f"term{i}", dtype=sink.dtype)
-            builder.op("Conv", [plan.root, builder.const("weight", w), bias], outputs=[out], attrs=attrs)
-            convs.append(f)
-            outputs.append(out)
-        acc = outputs[0]
-        for i, t in enumerate(outputs[1:], start=1):
-            acc = builder.op("Add", [acc, t], outputs=[sink] if i == k - 1 else None)[0]
-        made = self.ctx.replace(plan.nodes, builder.nodes) or []
-        for node, f in zip((n for n in made if n.op == "Conv"), convs):
-            self.ctx.merged(MergedConv.of(node.name, f.weight, f.groups))
-
+            write_segment(self.ctx, self.costs, plan, region.sink)
