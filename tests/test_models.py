@@ -15,6 +15,8 @@ from models import MODELS, ACBlock, RepVGGBlock, build, export_onnx, export_pair
 from models.common import conv_bn, fuse_conv_bn, randomize_bn_, seed_everything
 from torch_ref import assert_relative as _assert_close
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 torch.set_num_threads(2)
 
 

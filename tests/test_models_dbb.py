@@ -17,6 +17,8 @@ from models.dbb import (BNAndPadLayer, DiverseBranchBlock, IdentityBasedConv1x1,
                         dbb_model_convert, randomize_idconv_, transV_avg)
 from torch_ref import assert_relative as _assert_close
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 torch.set_num_threads(2)
 
 

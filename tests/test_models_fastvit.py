@@ -17,6 +17,8 @@ from models.fastvit import (ConvFFN, MobileOneBlock, PatchEmbed, RepCPE, RepMixe
                             randomize_layer_scale_)
 from torch_ref import assert_relative as _assert_close
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 torch.set_num_threads(2)
 
 

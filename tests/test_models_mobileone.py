@@ -14,6 +14,8 @@ from models.mobileone import (PARAMS, MobileOne, MobileOneBlock, SEBlock, mobile
                               mobileone_model_convert, mobileone_s0, reparameterize_model)
 from torch_ref import assert_relative as _assert_close
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 torch.set_num_threads(2)
 
 

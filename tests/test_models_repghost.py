@@ -17,6 +17,8 @@ from models.repghost import (RepGhostBottleneck, RepGhostModule, RepGhostNet, Sq
 from torch_ref import (assert_relative, count_modules as _n, param_count as _params,
                        randomized_eval as _random, seeded_input as _x)
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 torch.set_num_threads(2)
 
 

@@ -16,6 +16,8 @@ from models.replknet import (ConvFFN, DropPath, RepLKBlock, ReparamLargeKernelCo
                              replknet_31b, replknet_model_convert, replknet_tiny)
 from torch_ref import assert_relative as _assert_close, count_modules as _n
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 torch.set_num_threads(2)
 
 

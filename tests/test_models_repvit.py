@@ -18,6 +18,8 @@ from models.repvit import (M0_9_CFGS, BN_Linear, Classfier, Conv2d_BN, RepVGGDW,
 from torch_ref import (assert_relative, count_modules as _n, param_count as _params,
                        randomized_eval as _random, seeded_input as _x)
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 torch.set_num_threads(2)
 
 

@@ -15,6 +15,8 @@ from models.yolo import (C2fCIB, ConvModule, IDetect, PSA, QARepVGGBlock, RepCon
                          yolov7_model_convert, yolov10_model_convert, yolov10n_like)
 from torch_ref import assert_relative as _assert_close, param_count as _params
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -16,6 +16,8 @@ from models.export import export_pair  # noqa: E402
 from onnxrep import optimize, verify  # noqa: E402
 from onnxrep.stats import graph_stats  # noqa: E402
 
+pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
+
 NETWORKS = ["repvgg_a0", "repvgg_a0_g4", "acnet_resnet18", "acnet_k5", "acnet_crop", "dbb_resnet18",
             "mobileone_s0", "fastvit_t8", "repvit_m0_9", "repghost_0_5", "replknet_tiny", "yolov6_repconv",
             "yolov10n", "yolov7_implicit"]

@@ -632,6 +632,7 @@ def export_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("dbb_exports")
 
 
+@pytest.mark.slow  # a whole network through the torch exporters
 @pytest.mark.parametrize("mode", list(EXPORT_MODES))
 def test_dbb_tiny_export_reaches_deploy_parity(mode, export_dir):
     pytest.importorskip("torch")
@@ -653,3 +654,39 @@ def test_dbb_tiny_export_reaches_deploy_parity(mode, export_dir):
     for batch in (1, 3):
         assert_verifies(train, out, input_shapes={"input": (batch, 3, 64, 64)})
     assert_verifies(deploy, out)  # the optimized model computes the authors' deploy form
+
+
+# --------------------------------------------------------------------------- decline table
+def _decline_case(case: str):
+    g = GraphBuilder(400)
+    shape, outputs = (1, 4, 8, 8), ["y"]
+    if case == "three-borders":
+        kxk_branch(g, sides=("top", "bottom", "left"))
+    elif case == "data-dependent":
+        kxk_branch(g, data_dependent=True)
+    elif case == "dynamic-spatial":
+        kxk_branch(g)
+        shape = (1, 4, "H", "W")
+    elif case == "pad-output-is-graph-output":
+        outputs.append(kxk_branch(g)[1])
+    else:
+        raise AssertionError(case)
+    return g.model({X: shape}, outputs)
+
+
+DECLINES = [  # (case, the reason's beginning)
+    ("three-borders", "border values are not one constant per channel"),
+    ("data-dependent", "border region reads another tensor"),
+    ("dynamic-spatial", "border fill after Pad: spatial size is dynamic, its semantics cannot be proven"),
+    ("pad-output-is-graph-output", "border region has 2 exits"),
+]
+
+
+@pytest.mark.parametrize("case,reason", DECLINES, ids=[d[0] for d in DECLINES])
+def test_declines(case, reason):
+    m = _decline_case(case)
+    out, rep = run_opt(m)
+    declines = rule(rep, BORDER).declines
+    assert rule(rep, BORDER).rewrites == 0 and [d.kind for d in declines] == ["check"], declines
+    assert declines[0].reason.startswith(reason), declines[0].reason
+    assert_verifies(m, out, input_shapes={X: (1, 4, 8, 8)})
