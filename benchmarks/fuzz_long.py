@@ -15,7 +15,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -32,6 +31,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 import onnxrep  # noqa: E402
 from fuzz.graphs import KNOWN_BUGS, check_property, model_to_script, training_graphs  # noqa: E402
+from helpers import git_revision  # noqa: E402
 
 
 class Tally:
@@ -112,17 +112,6 @@ def run(examples: int, seed_value: int, save: Path | None, progress_every: int =
 
     one()
     return t, time.perf_counter() - start
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + (" + uncommitted changes" if dirty else "")
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def table(rows: list[tuple[str, str]]) -> str:
@@ -252,7 +241,7 @@ that fails the checker before optimization is counted as a generator bug, not an
 
 def write_doc(path: Path, t: Tally, seconds: float, args) -> None:
     cmd = f"python benchmarks/fuzz_long.py --examples {args.examples} --seed {args.seed}"
-    env = (f"onnxrep {onnxrep.__version__} at git revision {git_revision()}; onnx {onnx.__version__}, "
+    env = (f"onnxrep {onnxrep.__version__} at git revision {git_revision(paths=('onnxrep', 'tests'))}; onnx {onnx.__version__}, "
            f"onnxruntime {ort.__version__}, hypothesis {hypothesis.__version__}, Python {platform.python_version()}, "
            f"{os.cpu_count()} cores; {datetime.date.today().isoformat()}")
     lines = [DOC_HEAD, "## Latest long run", "", "```", cmd, "```", "", env, "", table(numbers(t, seconds)), ""]

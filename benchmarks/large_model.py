@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 import numpy as np  # noqa: E402
+from helpers import git_revision, md_table, text_table  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
@@ -414,21 +415,6 @@ def _fmt_kb(kb: int) -> str:
     return f"{kb * 1024 / GB:.2f} GB"
 
 
-def md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def text_table(header, rows) -> str:
-    cols = list(zip(*([header] + [[str(c) for c in r] for r in rows])))
-    widths = [max(len(c) for c in col) for col in cols]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-           "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
 def write_section(md_path: Path, body: str) -> None:
     """Replace (or append at the end) SECTION of ``md_path``; everything else is kept byte for byte.
 
@@ -566,17 +552,6 @@ def _protobuf() -> str:
         return "?"
 
 
-def _git(root: Path) -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onnxrep"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return f"git {rev}" + (" with uncommitted changes in onnxrep/" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-
-
 def _where(stderr: str, code_root: Path) -> str:
     """The last onnxrep frame of a traceback and the exception, as Markdown."""
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
@@ -626,7 +601,7 @@ def render(args, cmd, started, built, main_run, checks, report, header, row, pha
         f"to `train.onnx` ({built.onnx_bytes:,} bytes) + `train.onnx.data` ({built.data_bytes:,} bytes) in "
         f"{built.seconds:.0f} s.",
         f"- `python -m onnxrep.cli optimize train.onnx deploy.onnx --json report.json` of "
-        + ("this checkout" if code_root == ROOT else f"`{code_root}`") + f" ({_git(code_root)}), in a "
+        + ("this checkout" if code_root == ROOT else f"`{code_root}`") + f" (git {git_revision(code_root, ('onnxrep',))}), in a "
         f"subprocess; wall time measured around it, peak RSS from {main_run.peak_source}. *in-memory optimize* is "
         f"the report's own time (rules, no load/save/verify).",
         "- Checks: exit code 0, `deploy.onnx` and `deploy.onnx.data` exist and every initializer >= 1 KiB is in "

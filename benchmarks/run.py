@@ -43,6 +43,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import onnxrep  # noqa: E402
+from helpers import cpu_model, git_revision, load_average, md_table, text_table  # noqa: E402
 from onnxrep.stats import graph_stats  # noqa: E402
 
 DEFAULT_MODELS = ("repvgg_a0", "repvgg_a0_g4", "acnet_resnet18", "dbb_resnet18", "mobileone_s0", "fastvit_t8",
@@ -60,24 +61,6 @@ OPT_REPEATS = 3
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _load() -> str:
-    try:
-        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def _pct(a: float, b: float) -> float:
@@ -351,20 +334,6 @@ def parity_rows(results: list[Result]) -> list[list[str]]:
              "pass" if r.passed else "FAIL", f"{r.opt_seconds * 1e3:.0f} ms"] for r in results]
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(out)
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(out)
-
-
 # --------------------------------------------------------------------------- reading
 
 def reading(results: list[Result], parity: list[Result]) -> str:
@@ -471,7 +440,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
     shape = tuple(args.input_shape)
     started = _dt.datetime.now().astimezone()
-    load_before = _load()
+    load_before = load_average()
     wall0 = time.perf_counter()
 
     main_results: list[Result] = []
@@ -531,7 +500,7 @@ def main(argv=None) -> int:
             for r in parity_results:
                 r.train_model = r.opt_model = r.deploy_model = None
     wall = time.perf_counter() - wall0
-    load_after = _load()
+    load_after = load_average()
 
     main_tab = main_rows(main_results)
     parity_tab = parity_rows(parity_results)
@@ -570,18 +539,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _git_revision() -> str:
-    import subprocess
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "onnxrep", "models"],
-                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + (" with uncommitted changes in onnxrep/ or models/" if dirty else "")
-
-
 def render_markdown(args, shape, cmd, started, wall, load_before, load_after, main_results, main_tab,
                     parity_tab, notes, text) -> str:
     try:
@@ -612,9 +569,9 @@ def render_markdown(args, shape, cmd, started, wall, load_before, load_after, ma
         "",
         "## Machine",
         "",
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} logical cores ({usable} usable)",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable)",
         f"- Python {platform.python_version()}, onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
-        f"torch {torch_v}, onnxrep {onnxrep.__version__} (git {_git_revision()})",
+        f"torch {torch_v}, onnxrep {onnxrep.__version__} (git {git_revision()})",
         f"- Date: {started.strftime('%Y-%m-%d %H:%M %Z')}; total run time {wall:.0f} s",
         f"- Load average (1, 5, 15 min): {load_before} before the run; {load_after} after it",
         "",
