@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..algebra import affine_then_gemm, cast_back
 from ..pattern import const, op, var
 from ..rule import PatternRule
-from .linear_ops import bn_form
+from .linear_ops import bn_form, gemm_attrs
 
 
 class FoldBatchNormBeforeGemm(PatternRule):
@@ -34,10 +34,7 @@ class FoldBatchNormBeforeGemm(PatternRule):
 
     def rewrite(self, m, b):
         fc = m.node("fc")
-        attrs = dict(fc.attrs) if fc.op == "Gemm" else {}
-        alpha = float(attrs.get("alpha", 1.0))
-        beta = float(attrs.get("beta", 1.0))
-        trans_b = bool(attrs.get("transB", 0))
+        attrs, alpha, beta, trans_b = gemm_attrs(fc)
         new_b, new_c = affine_then_gemm(bn_form(m.ctx, m.node("bn")), m["b"], m["c"], alpha, beta, trans_b)
         cast_b, cast_c = cast_back(m["b"].dtype, new_b, new_c)
         attrs.update(alpha=alpha, beta=1.0)

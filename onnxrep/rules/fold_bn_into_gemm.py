@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..algebra import cast_back, gemm_then_affine
 from ..pattern import const, op, var
 from ..rule import PatternRule
-from .linear_ops import bn_form
+from .linear_ops import bn_form, gemm_attrs
 
 
 class FoldBatchNormIntoGemm(PatternRule):
@@ -32,10 +32,7 @@ class FoldBatchNormIntoGemm(PatternRule):
     def rewrite(self, m, b):
         fc = m.node("fc")
         aff = bn_form(m.ctx, m.node("bn"))
-        attrs = dict(fc.attrs) if fc.op == "Gemm" else {}
-        alpha = float(attrs.get("alpha", 1.0))
-        beta = float(attrs.get("beta", 1.0))
-        trans_b = bool(attrs.get("transB", 0))
+        attrs, alpha, beta, trans_b = gemm_attrs(fc)
         new_b, new_c = gemm_then_affine(m["b"], m["c"], alpha, beta, trans_b, aff)
         cast_b, cast_c = cast_back(m["b"].dtype, new_b, new_c)
         attrs.update(alpha=alpha, beta=1.0)

@@ -248,3 +248,9 @@ def avgpool_params(node: gs.Node) -> tuple[tuple[int, ...], tuple[int, ...], tup
         raise NotRepresentable(f"AveragePool with auto_pad={auto_pad}")
     pads = tuple(a.get("pads", (0,) * (2 * n))) if auto_pad != "VALID" else (0,) * (2 * n)
     return kernel, tuple(a.get("strides", (1,) * n)), pads, bool(a.get("count_include_pad", 0))
+
+
+def gemm_attrs(node) -> tuple[dict, float, float, bool]:
+    """``(attrs, alpha, beta, transB)`` of a Gemm, or a MatMul read as ``Gemm(alpha=1, beta=1)``."""
+    attrs = dict(node.attrs) if node.op == "Gemm" else {}
+    return attrs, float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0)), bool(attrs.get("transB", 0))
