@@ -256,6 +256,7 @@ def private_problem(m: Match) -> str | None:
         if ctx.is_graph_output(t):
             return f"tensor '{t.name}' inside the match is a graph output"
         if not ctx.is_private(t):
-            readers = ", ".join(f"'{c.name or c.op}'" for c in t.outputs if c not in m.nodes) or "twice"
+            outside = [c for c in t.outputs if all(c is not n for n in m.nodes)]  # by identity
+            readers = ", ".join(f"'{c.name or c.op}'" for c in outside) or "twice"
             return f"tensor '{t.name}' inside the match is also read by {readers}"
     return None
