@@ -5,6 +5,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import gs_shim
+
 #: ops never evaluated ahead of time: their outputs are not a function of their inputs alone
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 #: ops with subgraphs
@@ -33,12 +35,9 @@ def evaluate_protos(nodes: list[onnx.NodeProto], values: dict[str, np.ndarray], 
 
 def evaluate(node: gs.Node, values: list, opset: int) -> list[np.ndarray]:
     """Run one gs node on constant inputs (``None`` for an omitted one); its outputs in order."""
-    inputs = [gs.Variable(f"in{i}", dtype=v.dtype, shape=v.shape) if v is not None else gs.Variable.empty()
-              for i, v in enumerate(values)]
-    outputs = [gs.Variable(f"out{i}") for i in range(len(node.outputs))]
-    single = gs.Graph(nodes=[gs.Node(node.op, attrs=dict(node.attrs), inputs=inputs, outputs=outputs)],
-                      inputs=[t for t in inputs if t.name], outputs=outputs, opset=opset)
-    model = gs.export_onnx(single, do_type_check=False)
-    feeds = {t.name: v for t, v in zip(inputs, values) if v is not None}
-    results = evaluate_protos(list(model.graph.node), feeds, model.opset_import)
-    return [results[o.name] for o in outputs]
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(values)]
+    outputs = [f"out{i}" for i in range(len(node.outputs))]
+    proto = gs_shim.node_proto(node.op, node.attrs, names, outputs)
+    feeds = {n: v for n, v in zip(names, values) if v is not None}
+    results = evaluate_protos([proto], feeds, [onnx.helper.make_opsetid("", opset)])
+    return [results[o] for o in outputs]

@@ -3,11 +3,13 @@
 gs keeps a Constant's values in ``Constant._values``: a numpy array once loaded, or a lazy
 reference to the TensorProto (external data stays on disk until read). Two memory tricks need it:
 releasing the values of an initializer no rule reads any more, and moving large new weights into
-the exported model one at a time.
+the exported model one at a time. And one export helper: a single node as a NodeProto, without
+building and exporting a whole graph around it (constant evaluation does that hundreds of times).
 """
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 
@@ -37,3 +39,12 @@ def stash_values(tensor: gs.Constant) -> np.ndarray:
     values = tensor._values
     tensor._values = np.zeros((), dtype=values.dtype)
     return values
+
+
+def node_proto(op: str, attrs: dict, inputs: list[str], outputs: list[str]) -> onnx.NodeProto:
+    """A default-domain NodeProto of ``op`` with gs ``attrs`` (tensors and graphs included)."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    proto = onnx.helper.make_node(op, inputs=inputs, outputs=outputs)
+    proto.attribute.extend(OnnxExporter.export_attributes(dict(attrs)))
+    return proto
