@@ -1,6 +1,7 @@
 """The whole job on files: load, optimize, write to a temporary file, verify, then commit."""
 from __future__ import annotations
 
+import gc
 import importlib.util
 import inspect
 import os
@@ -70,6 +71,7 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
     optimized, report = optimize(model, rules, include_defaults=include_defaults, max_sweeps=max_sweeps,
                                  progress=progress)
     del model
+    gc.collect()  # the rewritten gs graph is cyclic garbage that still reads the input's weights: free both now
     pending = None
     try:
         if dest is not None:
