@@ -68,3 +68,11 @@ def attr(node, name, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def declined_once(model: onnx.ModelProto, rule_name: str):
+    """Optimize; the rule rewrote nothing and declined exactly once: ``(out, report, that decline)``."""
+    out, rep = run_opt(model)
+    record = rule(rep, rule_name)
+    assert record.rewrites == 0 and len(record.declines) == 1, record.declines
+    return out, rep, record.declines[0]
