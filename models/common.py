@@ -84,6 +84,15 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def identity_kernel(channels: int, groups: int = 1, kh: int = 3, kw: int | None = None) -> torch.Tensor:
+    """The identity map as a float64 (grouped) ``kh x kw`` conv kernel: 1 at ``[i, i % (C/g), centre]``."""
+    kw = kh if kw is None else kw
+    input_dim = channels // groups
+    k = torch.zeros(channels, input_dim, kh, kw, dtype=torch.float64)
+    k[torch.arange(channels), torch.arange(channels) % input_dim, kh // 2, kw // 2] = 1.0
+    return k
+
+
 def make_divisible(v, divisor, min_value=None) -> int:
     """Channel rounding of the TF MobileNet code, as the official RepGhost and RepViT code use it: the
     multiple of ``divisor`` nearest to ``v`` (at least ``min_value``), never 10% below ``v``."""

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_bn, fuse_conv_bn
+from .common import conv_bn, fuse_conv_bn, identity_kernel
 
 __all__ = ["SEBlock", "MobileOneBlock", "ReparamLargeKernelConv", "RepMixer", "ConvFFN", "RepCPE",
            "RepMixerBlock", "PatchEmbed", "FastViT", "convolutional_stem", "fastvit_t8",
@@ -60,15 +60,6 @@ F64 = torch.float64
 
 
 # ---------------------------------------------------------------------------- helpers
-def _identity_kernel(channels: int, groups: int, kh: int, kw: int) -> torch.Tensor:
-    """float64 kernel of the identity map as a (grouped) ``kh x kw`` conv (1 at the centre)."""
-    input_dim = channels // groups
-    k = torch.zeros(channels, input_dim, kh, kw, dtype=F64)
-    for i in range(channels):
-        k[i, i % input_dim, kh // 2, kw // 2] = 1.0
-    return k
-
-
 @torch.no_grad()
 def _new_conv(in_c: int, out_c: int, kernel_size, stride, padding, groups: int,
               kernel: torch.Tensor, bias: torch.Tensor, like: torch.Tensor) -> nn.Conv2d:
@@ -189,7 +180,7 @@ class MobileOneBlock(nn.Module):
             kernel += F.pad(ks, [k // 2] * 4)
             bias += bs
         if self.rbr_skip is not None:
-            kid, bid = fuse_conv_bn(_identity_kernel(self.in_channels, self.groups, k, k),
+            kid, bid = fuse_conv_bn(identity_kernel(self.in_channels, self.groups, k, k),
                                     self.rbr_skip, out_dtype=F64)
             kernel += kid
             bias += bid
@@ -333,7 +324,7 @@ class RepMixer(nn.Module):
             ls = self.layer_scale.detach().to(F64).reshape(-1)
             w = w * ls.reshape(-1, 1, 1, 1)
             b = b * ls
-        w = w + _identity_kernel(self.dim, self.dim, k, k)
+        w = w + identity_kernel(self.dim, self.dim, k, k)
         self.reparam_conv = _new_conv(self.dim, self.dim, k, 1, k // 2, self.dim, w, b,
                                       self.mixer.reparam_conv.weight if self.mixer.inference_mode
                                       else self.mixer.rbr_skip.running_mean)
@@ -408,7 +399,7 @@ class RepCPE(nn.Module):
         if hasattr(self, "reparam_conv"):
             return
         kh, kw = self.spatial_shape
-        w = _identity_kernel(self.in_channels, self.groups, kh, kw) + self.pe.weight.detach().to(F64)
+        w = identity_kernel(self.in_channels, self.groups, kh, kw) + self.pe.weight.detach().to(F64)
         b = self.pe.bias.detach().to(F64)
         self.reparam_conv = _new_conv(self.in_channels, self.embed_dim, self.spatial_shape, 1,
                                       int(kh // 2), self.embed_dim, w, b, self.pe.weight)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_bn, deploy_conv, fuse_conv_bn
+from .common import conv_bn, deploy_conv, fuse_conv_bn, identity_kernel
 
 __all__ = ["SEBlock", "MobileOneBlock", "MobileOne", "PARAMS", "mobileone", "mobileone_s0",
            "reparameterize_model", "mobileone_model_convert"]
@@ -119,21 +119,12 @@ class MobileOneBlock(nn.Module):
         return self.activation(self.se(out))
 
     # ---- deploy conversion (the PyTorch reference) -------------------------------------------
-    def _identity_kernel(self) -> torch.Tensor:
-        input_dim = self.in_channels // self.groups
-        k = torch.zeros(self.in_channels, input_dim, self.kernel_size, self.kernel_size,
-                        dtype=_F64)
-        c = self.kernel_size // 2
-        for i in range(self.in_channels):
-            k[i, i % input_dim, c, c] = 1.0
-        return k
-
     def _fuse_bn_tensor(self, branch) -> Tuple[torch.Tensor, torch.Tensor]:
         """(kernel, bias) of a conv-BN branch or of the BN identity branch, in float64."""
         if isinstance(branch, nn.Sequential):
             return fuse_conv_bn(branch.conv.weight, branch.bn, out_dtype=_F64)
         assert isinstance(branch, nn.BatchNorm2d)
-        return fuse_conv_bn(self._identity_kernel(), branch, out_dtype=_F64)
+        return fuse_conv_bn(identity_kernel(self.in_channels, self.groups, self.kernel_size), branch, out_dtype=_F64)
 
     @torch.no_grad()
     def _get_kernel_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:

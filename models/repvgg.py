@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_bn, deploy_conv, fuse_conv_bn
+from .common import conv_bn, deploy_conv, fuse_conv_bn, identity_kernel
 
 __all__ = ["RepVGGBlock", "RepVGG", "repvgg_a0", "repvgg_a0_g4", "repvgg_tiny",
            "repvgg_model_convert", "optional_groupwise_layers", "g2_map", "g4_map"]
@@ -50,20 +50,13 @@ class RepVGGBlock(nn.Module):
         return self.nonlinearity(self.rbr_dense(inputs) + self.rbr_1x1(inputs) + id_out)
 
     # ---- deploy conversion (the PyTorch reference) -------------------------------------------
-    def _identity_kernel(self) -> torch.Tensor:
-        input_dim = self.in_channels // self.groups
-        k = torch.zeros(self.in_channels, input_dim, 3, 3, dtype=torch.float64)
-        for i in range(self.in_channels):
-            k[i, i % input_dim, 1, 1] = 1.0
-        return k
-
     def _fuse_bn_tensor(self, branch):
         if branch is None:
             return 0, 0
         if isinstance(branch, nn.Sequential):
             return fuse_conv_bn(branch.conv.weight, branch.bn, out_dtype=torch.float64)
         assert isinstance(branch, nn.BatchNorm2d)
-        return fuse_conv_bn(self._identity_kernel(), branch, out_dtype=torch.float64)
+        return fuse_conv_bn(identity_kernel(self.in_channels, self.groups), branch, out_dtype=torch.float64)
 
     @torch.no_grad()
     def get_equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:

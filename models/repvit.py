@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import deploy_conv, fuse_conv_bn, make_divisible as _make_divisible
+from .common import deploy_conv, fuse_conv_bn, identity_kernel, make_divisible as _make_divisible
 
 __all__ = ["Conv2d_BN", "Residual", "RepVGGDW", "SqueezeExcite", "RepViTBlock", "BN_Linear",
            "Classfier", "RepViT", "repvit_m0_9", "repvit_model_convert", "replace_batchnorm",
@@ -52,11 +52,6 @@ def _timm_make_divisible(v, divisor=8, min_value=None, round_limit=.9):
     if new_v < round_limit * v:
         new_v += divisor
     return new_v
-
-
-def _identity_dw3x3(channels: int) -> torch.Tensor:
-    """float64 depthwise 3x3 kernel of the identity (1 at the centre)."""
-    return F.pad(torch.ones(channels, 1, 1, 1, dtype=_F64), [1, 1, 1, 1])
 
 
 class Conv2d_BN(nn.Sequential):
@@ -103,7 +98,7 @@ class Residual(nn.Module):
         if isinstance(self.m, Conv2d_BN):
             w, b = self.m.fuse_f64()
             assert self.m.c.groups == self.m.c.in_channels
-            return deploy_conv(self.m.c, w + _identity_dw3x3(w.shape[0]), b)
+            return deploy_conv(self.m.c, w + identity_kernel(w.shape[0], w.shape[0]), b)
         if isinstance(self.m, nn.Conv2d):
             # The official code adds ``pad(ones(O, I/g, 1, 1))``: the identity only if I/g == 1,
             # which its own assert excludes (dead code in RepViT). The true identity is used here.
@@ -111,11 +106,7 @@ class Residual(nn.Module):
             assert m.groups != m.in_channels and m.in_channels == m.out_channels
             assert m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1)
             w = m.weight.to(_F64)
-            ipg = w.shape[1]
-            identity = torch.zeros_like(w)
-            for i in range(w.shape[0]):
-                identity[i, i % ipg, 1, 1] = 1.0
-            m.weight.copy_((w + identity).to(m.weight.dtype))
+            m.weight.copy_((w + identity_kernel(w.shape[0], m.groups)).to(m.weight.dtype))
             return m
         return self
 
@@ -142,7 +133,7 @@ class RepVGGDW(nn.Module):
         conv_w, conv_b = self.conv.fuse_f64()
         conv1_w = F.pad(self.conv1.weight.to(_F64), [1, 1, 1, 1])
         conv1_b = self.conv1.bias.to(_F64)
-        w = conv_w + conv1_w + _identity_dw3x3(self.dim)
+        w = conv_w + conv1_w + identity_kernel(self.dim, self.dim)
         b = conv_b + conv1_b
         # post-BN on the sum
         return fuse_conv_bn(w, self.bn, out_dtype=_F64)[0], _bn_after_bias(b, self.bn)

@@ -105,15 +105,6 @@ def _pad_1x1_to_3x3_tensor(kernel1x1):
     return F.pad(kernel1x1, [1, 1, 1, 1])
 
 
-def _identity_kernel(channels: int, groups: int, k: int = 3) -> torch.Tensor:
-    """``x`` as a KxK grouped conv kernel (float64): 1 at ``[i, i % (C/g), k//2, k//2]``."""
-    input_dim = channels // groups
-    kernel = torch.zeros(channels, input_dim, k, k, dtype=_F64)
-    for i in range(channels):
-        kernel[i, i % input_dim, k // 2, k // 2] = 1.0
-    return kernel
-
-
 # =============================================================================== ultralytics / YOLOv7 Conv
 class Conv(nn.Module):
     """Standard convolution ``act(bn(conv(x)))`` (ultralytics ``Conv``; YOLOv7's ``Conv`` is the

@@ -24,8 +24,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..common import deploy_conv, fuse_conv_bn
-from .common import (_F64, _identity_kernel, _initialize_weights, _pad_1x1_to_3x3_tensor, fuse_conv_and_bn,
+from ..common import deploy_conv, fuse_conv_bn, identity_kernel
+from .common import (_F64, _initialize_weights, _pad_1x1_to_3x3_tensor, fuse_conv_and_bn,
                      make_divisible, scale_convs_to_unit_std_)
 
 
@@ -172,7 +172,7 @@ class RepVGGBlock(nn.Module):
             b = branch.conv.bias.detach().double() if branch.conv.bias is not None else w.new_zeros(w.shape[0])
             return w, b
         assert isinstance(branch, nn.BatchNorm2d)
-        return fuse_conv_bn(_identity_kernel(self.in_channels, self.groups), branch, out_dtype=_F64)
+        return fuse_conv_bn(identity_kernel(self.in_channels, self.groups), branch, out_dtype=_F64)
 
     @torch.no_grad()
     def get_equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,7 +231,7 @@ class QARepVGGBlock(RepVGGBlock):
         kernel3x3, bias3x3 = self._fuse_bn_tensor(self.rbr_dense)
         kernel = kernel3x3 + _pad_1x1_to_3x3_tensor(self.rbr_1x1.weight.detach().double())
         if self.rbr_identity is not None:
-            kernel = kernel + _identity_kernel(self.in_channels, self.groups)
+            kernel = kernel + identity_kernel(self.in_channels, self.groups)
         return kernel, bias3x3
 
     @staticmethod

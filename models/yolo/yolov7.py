@@ -22,8 +22,8 @@ import copy
 import torch
 from torch import nn
 
-from ..common import deploy_conv, fuse_conv_bn
-from .common import (_F64, Concat, Conv, YOLOGraphModel, _identity_kernel, _pad_1x1_to_3x3_tensor, autopad,
+from ..common import deploy_conv, fuse_conv_bn, identity_kernel
+from .common import (_F64, Concat, Conv, YOLOGraphModel, _pad_1x1_to_3x3_tensor, autopad,
                      scale_convs_to_unit_std_)
 
 
@@ -80,7 +80,7 @@ class RepConv(nn.Module):
         if isinstance(branch, nn.Sequential):
             return fuse_conv_bn(branch[0].weight, branch[1], out_dtype=_F64)
         assert isinstance(branch, nn.BatchNorm2d)
-        return fuse_conv_bn(_identity_kernel(self.in_channels, self.groups), branch, out_dtype=_F64)
+        return fuse_conv_bn(identity_kernel(self.in_channels, self.groups), branch, out_dtype=_F64)
 
     @torch.no_grad()
     def get_equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
