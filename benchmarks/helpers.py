@@ -17,12 +17,9 @@ def md_table(header, rows) -> str:
 
 
 def text_table(header, rows) -> str:
-    """An aligned plain-text table with a dashed rule under the header."""
-    cols = list(zip(*([[str(h) for h in header]] + [[str(c) for c in r] for r in rows])))
-    widths = [max(len(c) for c in col) for col in cols]
-    out = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(out)
+    """An aligned plain-text table with a dashed rule under the header (onnxrep's report formatter)."""
+    from onnxrep.report import text_table as lines
+    return "\n".join(lines([[str(c) for c in header]] + [[str(c) for c in r] for r in rows]))
 
 
 def git_revision(root: Path = ROOT, paths: tuple[str, ...] = ("onnxrep", "models")) -> str:
