@@ -71,7 +71,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
         notes.append(f"opset {opset} is older than 11: no rule ran")
     overridable = overridable_initializers(model)
     graph = import_graph(model)
-    records = {id(r): RuleRecord(r.rule_name, r.priority) for r in rule_list}
+    records = {id(r): RuleRecord(r.rule_name) for r in rule_list}
     for r in rule_list:
         if not r.applies_to(opset):
             records[id(r)].skipped = f"it supports opsets {r.opset_range()}, the model has opset {opset}"

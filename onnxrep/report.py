@@ -54,7 +54,6 @@ class RuleRecord:
     """Everything one rule did in one optimization. The driver hands it to the rule through the
     context (``ctx.decline``, ``ctx.replace``, ``ctx.remove``, ``ctx.memory``): rules never pass names."""
     name: str
-    priority: int = 100
     rewrites: int = 0
     nodes_removed: int = 0
     #: declines of the last sweep (earlier sweeps' declines may have been rewritten since)
@@ -89,9 +88,6 @@ class Report:
 
     def declines(self) -> list[Decline]:
         return [d for r in self.rules for d in r.declines]
-
-    def rule(self, name: str) -> RuleRecord:
-        return next(r for r in self.rules if r.name == name)
 
     def to_dict(self) -> dict:
         return {
