@@ -43,9 +43,10 @@ from ..rule import Pass
 from .linear_ops import (activation_scale, avgpool_params, bn_form, constant_affine, conv_form, spatial_crop,
                          spatial_pads)
 from .region_costs import RegionCosts
-from .region_write import write_segment
 from .region_plans import (Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
                            precision_rtol, prune, then)
+from .region_write import write_segment
+
 
 class CollapseLinearRegions(Pass):
     name = "collapse-linear-regions"
