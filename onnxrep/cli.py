@@ -21,7 +21,8 @@ EPILOG = """exit codes:
   2  bad command line
   3  the input model cannot be used (missing, empty, not ONNX, invalid, missing external data)
   4  the output cannot be written (same as input, folder missing or read-only, disk full)
-  5  verification failed: the optimized model differs beyond tolerance; nothing was written
+  5  verification failed: the optimized model differs beyond tolerance (the message names the rule
+     and node of the first failing edit); nothing was written
   6  a --rules-from file cannot be imported, defines no rule, or reuses a rule name
   7  a --rules-from rule raised an exception (named with its node; --debug shows the traceback)
 """
@@ -54,9 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--input-shape", metavar="NAME:D0,D1,...", action="append", default=[],
                         help="shape for an input's dynamic dims when verifying (repeatable); without it dynamic "
                              "dims are 1 for axis 0 and 32 otherwise")
-        sp.add_argument("--rtol", type=float, default=1e-4,
-                        help="pass if max abs error <= rtol*max|reference| + atol (default 1e-4)")
-        sp.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+        sp.add_argument("--rtol", type=float, default=None,
+                        help="pass if max abs error <= rtol*max|reference| + atol for every output; default: by the "
+                             "precision of each output's path (float32 1e-4, float16 2.5e-3, bfloat16 2e-2, plus "
+                             "twice the original's own float16 rounding error; README 'Verification')")
+        sp.add_argument("--atol", type=float, default=None,
+                        help="absolute tolerance (with --rtol; default by precision: float32 1e-5, float16 2.5e-3)")
         sp.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs (default 0)")
 
     o = sub.add_parser("optimize", help="rewrite IN into OUT, verify, then write OUT",

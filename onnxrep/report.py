@@ -81,6 +81,10 @@ class Report:
     verification: object | None = None  # a VerifyResult once checked
     notes: list[str] = field(default_factory=list)
     merged_convs: list[MergedConv] = field(default_factory=list)
+    #: every edit in order, ``(rule, node)`` (``GraphContext.edits``)
+    edits: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    #: the edit that broke verification, when it failed: ``{"rule", "node", "edit", "edits"}``
+    culprit: dict | None = None
 
     @property
     def rewrites(self) -> int:
@@ -100,6 +104,7 @@ class Report:
             "verification": self.verification.to_dict() if self.verification is not None else None,
             "notes": list(self.notes),
             "merged_convs": [asdict(c) for c in self.merged_convs],
+            "culprit": self.culprit,
         }
 
 
@@ -161,8 +166,10 @@ def format_report(report: Report, src: str = "", dest: str | None = None, explai
     if report.verification is not None:
         v = report.verification
         shapes = ", ".join(f"{k}:{'x'.join(map(str, s))}" for k, s in v.input_shapes.items())
-        lines += ["", f"verification (onnxruntime, seed {v.seed}, inputs {shapes}; "
-                      f"pass if max abs err <= {v.rtol:g}*max|ref| + {v.atol:g})", format_result(v)]
+        lines += ["", f"verification (onnxruntime, seed {v.seed}, inputs {shapes})", format_result(v)]
+    if report.culprit:
+        c = report.culprit
+        lines.append(f"the first failing edit: rule '{c['rule']}' at node '{c['node']}' (edit {c['edit']} of {c['edits']})")
     return "\n".join(lines)
 
 

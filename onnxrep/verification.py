@@ -12,17 +12,28 @@ only the reference is all-zero).  Positions where exactly one side is
 NaN/inf, or both are non-finite but differ (e.g. +inf vs -inf, NaN vs inf),
 make ``max_abs`` infinite; positions where both sides hold the same non-finite
 value count as equal.  An output passes when
-``max_abs <= rtol * ref_max_abs + atol``, where ``ref_max_abs`` is the largest
-finite ``|ref|``.
+``max_abs <= rtol * ref_max_abs + atol + 2 * noise``, where ``ref_max_abs`` is the largest
+finite ``|ref|``; ``rtol``, ``atol`` and ``noise`` follow the precision on the output's path
+(``onnxrep.precision``) unless the caller gives ``rtol`` / ``atol``.
+
+Partial verification
+--------------------
+When onnxruntime cannot run the reference (a TensorRT plugin, a custom op), the tensors feeding
+the ops it cannot run and the outputs that do not depend on them are compared instead
+(``onnxrep.runnable``); the result lists what could not be verified.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import onnx
 
+from . import precision, runnable
+from .graph.io import first_line
 from .inputs import ModelLike, VerifyError, load_graph_only, make_inputs, parse_input_shapes, real_inputs
 from .report import text_table
 from .runtime import run
@@ -38,9 +49,21 @@ class OutputDiff:
     max_abs: float
     max_rel: float
     ref_max_abs: float
+    rtol: float = 0.0
+    atol: float = 0.0
+    noise: float = 0.0          # the reference's own distance to its float32 evaluation
+    precision: str = ""         # "float32", "float16", "mixed (float16, float32)", "user"
+    what: str = "graph output"  # or "input of EfficientNMS_TRT 'nms'" (partial verification)
 
-    def passes(self, rtol: float, atol: float) -> bool:
-        return bool(self.max_abs <= rtol * self.ref_max_abs + atol)
+    @property
+    def allowed(self) -> float:
+        return self.rtol * self.ref_max_abs + self.atol + 2 * self.noise
+
+    def passes(self, rtol: float | None = None, atol: float | None = None) -> bool:
+        """Within this output's tolerance, or within ``rtol * max|ref| + atol`` when given."""
+        if rtol is not None or atol is not None:
+            return bool(self.max_abs <= (rtol or 0.0) * self.ref_max_abs + (atol or 0.0))
+        return bool(self.max_abs <= self.allowed)
 
 
 def _json_float(x: float) -> Any:
@@ -55,9 +78,13 @@ def _json_float(x: float) -> Any:
 class VerifyResult:
     outputs: list[OutputDiff]
     input_shapes: dict[str, tuple[int, ...]]
-    rtol: float
-    atol: float
+    rtol: float | None          # the caller's tolerance, or None: by precision
+    atol: float | None
     seed: int
+    #: outputs that could not be verified (onnxruntime cannot run what they depend on) and why
+    unverifiable: dict[str, str] = field(default_factory=dict)
+    #: the nodes onnxruntime cannot run ("op 'name'"), when only part of the model was verified
+    blocked: list[str] = field(default_factory=list)
 
     @property
     def max_abs(self) -> float:
@@ -69,40 +96,75 @@ class VerifyResult:
 
     @property
     def passed(self) -> bool:
-        return all(o.passes(self.rtol, self.atol) for o in self.outputs)
+        return all(o.passes() for o in self.outputs)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.blocked)
+
+    def worst(self) -> OutputDiff | None:
+        """The output furthest beyond (or closest to) its tolerance."""
+        def excess(o: OutputDiff) -> float:
+            if o.allowed > 0:
+                return o.max_abs / o.allowed
+            return math.inf if o.max_abs > 0 else 0.0
+        return max(self.outputs, key=excess, default=None)
+
+    def tolerance_text(self) -> str:
+        if self.rtol is not None or self.atol is not None:
+            return f"tolerance given: {self.rtol:g}*max|ref| + {self.atol:g}"
+        return "tolerance by each path's precision: rtol*max|ref| + atol + 2*noise"
 
     def to_dict(self) -> dict:
         """JSON-serialisable (strict JSON: inf/nan are encoded as strings)."""
         return {
             "passed": self.passed,
+            "partial": self.partial,
             "max_abs": _json_float(self.max_abs),
             "max_rel": _json_float(self.max_rel),
-            "rtol": float(self.rtol),
-            "atol": float(self.atol),
+            "rtol": None if self.rtol is None else float(self.rtol),
+            "atol": None if self.atol is None else float(self.atol),
+            "tolerance": "given" if self.rtol is not None or self.atol is not None else "by precision",
             "seed": int(self.seed),
             "input_shapes": {k: [int(d) for d in v] for k, v in self.input_shapes.items()},
             "outputs": [
                 {
                     "name": o.name,
+                    "what": o.what,
                     "shape": [int(d) for d in o.shape],
                     "max_abs": _json_float(o.max_abs),
                     "max_rel": _json_float(o.max_rel),
                     "ref_max_abs": _json_float(o.ref_max_abs),
-                    "passed": o.passes(self.rtol, self.atol),
+                    "precision": o.precision,
+                    "rtol": float(o.rtol),
+                    "atol": float(o.atol),
+                    "noise": _json_float(o.noise),
+                    "allowed": _json_float(o.allowed),
+                    "passed": o.passes(),
                 }
                 for o in self.outputs
             ],
+            "unverifiable": dict(self.unverifiable),
+            "blocked": list(self.blocked),
         }
 
 
 def format_result(result: VerifyResult) -> str:
-    """Small aligned text table: output, shape, max abs err, max rel err, status."""
-    rows = [["output", "shape", "max abs err", "max rel err", "status"]]
-    rows += [[o.name, "(" + ",".join(str(d) for d in o.shape) + ")", f"{o.max_abs:.3e}", f"{o.max_rel:.3e}",
-              "ok" if o.passes(result.rtol, result.atol) else "FAIL"] for o in result.outputs]
-    lines = text_table(rows, right={2, 3})
+    """Aligned text table: tensor, shape, max abs err, allowed, max rel err, precision, status."""
+    rows = [["tensor", "shape", "max abs err", "allowed", "max rel err", "precision", "status"]]
+    for o in result.outputs:
+        name = o.name if o.what == "graph output" else f"{o.name} ({o.what})"
+        rows.append([name, "(" + ",".join(str(d) for d in o.shape) + ")", f"{o.max_abs:.3e}", f"{o.allowed:.3e}",
+                     f"{o.max_rel:.3e}", o.precision + (f" +noise {o.noise:.1e}" if o.noise else ""),
+                     "ok" if o.passes() else "FAIL"])
+    lines = text_table(rows, right={2, 3, 4})
+    for name, why in result.unverifiable.items():
+        lines.append(f"not verified: {name} ({why})")
+    if result.blocked:
+        lines.append(f"onnxruntime cannot run: {', '.join(result.blocked)}; the tensors feeding them were compared")
     verdict = "PASSED" if result.passed else "FAILED"
-    lines.append(f"{verdict} (rtol={result.rtol:g}, atol={result.atol:g}, seed={result.seed})")
+    part = "part of the model; " if result.partial else ""
+    lines.append(f"{verdict} ({part}{result.tolerance_text()}; seed={result.seed})")
     return "\n".join(lines)
 
 
@@ -136,14 +198,59 @@ def _run_labeled(label: str, model: ModelLike, inputs: Mapping[str, Any]) -> dic
         raise VerifyError(f"{label} model: {e}") from e
 
 
+def _load_full(model: ModelLike) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        return onnx.load(os.fspath(model))
+    except Exception as e:  # noqa: BLE001
+        raise VerifyError(f"cannot load model {os.fspath(model)!r}: {first_line(e)}") from e
+
+
+def _run_partial(reference: ModelLike, inputs: Mapping[str, Any], error: VerifyError):
+    """Run the largest part of ``reference`` onnxruntime can: ``(plan, outputs, cut model)``."""
+    full = _load_full(reference)
+    blocked = runnable.statically_blocked(full)
+    blocked |= {runnable.node_key(n) for n in runnable.refused_nodes(str(error), full)}
+    if not blocked:
+        raise VerifyError(f"reference model: {error}")
+    for _ in range(runnable.MAX_REFUSALS):
+        plan = runnable.plan(full, blocked)
+        if not plan.targets:
+            raise VerifyError(f"onnxruntime cannot run any graph output or the inputs of {', '.join(plan.blocked)}")
+        part = runnable.cut(full, list(plan.targets))
+        try:
+            return plan, run(part, inputs), part
+        except VerifyError as e:
+            new = {runnable.node_key(n) for n in runnable.refused_nodes(str(e), full)} - blocked
+            if not new:
+                raise VerifyError(f"reference model: {e}") from e
+            blocked |= new
+    raise VerifyError(f"reference model: {error}")
+
+
+def _noise(reference: onnx.ModelProto, inputs: Mapping[str, Any], ref_out: Mapping[str, np.ndarray],
+           names: list[str]) -> dict[str, float]:
+    """``max |ref - ref evaluated in float32|`` per output; {} when the widened model cannot run."""
+    try:
+        wide = run(precision.widened(reference), precision.widened_inputs(dict(inputs)))
+    except VerifyError:
+        return {}
+    found = {}
+    for name in names:
+        if name in wide and np.shape(wide[name]) == np.shape(ref_out[name]):
+            found[name] = _compare(name, wide[name], ref_out[name]).max_abs
+    return found
+
+
 def verify(
     reference: ModelLike,
     candidate: ModelLike,
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     inputs: Mapping[str, Any] | None = None,
 ) -> VerifyResult:
     """Run ``reference`` and ``candidate`` on the same inputs and compare outputs.
@@ -152,7 +259,9 @@ def verify(
     The candidate is fed only the inputs it declares (it may have dropped an
     unused one) and must not need inputs the reference lacks.  Outputs are
     matched by name; differing output names or output shapes raise
-    VerifyError.  The result's ``passed`` applies ``rtol``/``atol``.
+    VerifyError.  Tolerances follow each output's precision (``onnxrep.precision``) unless
+    ``rtol`` / ``atol`` are given.  When onnxruntime cannot run the reference, the part it can
+    run is compared (module doc); VerifyError when nothing can.
     """
     if inputs is None:
         inputs = make_inputs(reference, input_shapes, seed)
@@ -165,8 +274,23 @@ def verify(
         raise VerifyError(
             f"candidate model needs input(s) the reference does not provide: {', '.join(missing)}"
         )
-    ref_out = _run_labeled("reference", reference, inputs)
-    cand_out = _run_labeled("candidate", candidate, {n: inputs[n] for n in cand_inputs})
+    cand_feeds = {n: inputs[n] for n in cand_inputs}
+    plan = None
+    try:
+        ref_out = run(reference, inputs)
+        ref_model = load_graph_only(reference)
+    except VerifyError as exc:
+        plan, ref_out, ref_model = _run_partial(reference, inputs, exc)
+    if plan is None:
+        cand_out = _run_labeled("candidate", candidate, cand_feeds)
+    else:
+        cand_full = _load_full(candidate)
+        produced = {o for n in cand_full.graph.node for o in n.output} | {i.name for i in cand_full.graph.input}
+        lost = [t for t in plan.targets if t not in produced]
+        if lost:
+            raise VerifyError(f"candidate model: tensor(s) {', '.join(lost)} ({plan.targets[lost[0]]}) are gone")
+        cand_out = _run_labeled("candidate", runnable.cut(cand_full, list(plan.targets)), cand_feeds)
+        del cand_full
 
     if set(ref_out) != set(cand_out):
         only_ref = [n for n in ref_out if n not in cand_out]
@@ -175,6 +299,13 @@ def verify(
             "output names differ: missing in candidate: "
             f"{', '.join(only_ref) or '-'}; extra in candidate: {', '.join(only_cand) or '-'}"
         )
+    given = rtol is not None or atol is not None
+    if given:  # one given: the other keeps its float32 default
+        rtol = precision.FLOAT32_RTOL if rtol is None else rtol
+        atol = precision.FLOAT32_ATOL if atol is None else atol
+    precisions = {} if given else precision.output_precisions(ref_model)
+    reduced = [n for n, p in precisions.items() if p.reduced and n in ref_out]
+    noise = _noise(_load_full(reference) if plan is None else ref_model, inputs, ref_out, reduced) if reduced else {}
     diffs = []
     for name, r in ref_out.items():
         c = cand_out[name]
@@ -183,11 +314,22 @@ def verify(
                 f"output {name!r}: shape {tuple(np.shape(c))} in candidate "
                 f"!= {tuple(np.shape(r))} in reference"
             )
-        diffs.append(_compare(name, r, c))
+        d = _compare(name, r, c)
+        if given:
+            d.rtol, d.atol, d.precision = float(rtol), float(atol), "given"
+        else:
+            p = precisions.get(name) or precision.Precision(frozenset())
+            d.rtol, d.atol, d.precision = p.rtol, p.atol, p.label
+            d.noise = float(noise.get(name, 0.0)) if math.isfinite(noise.get(name, 0.0)) else 0.0
+        if plan is not None:
+            d.what = plan.targets[name]
+        diffs.append(d)
     return VerifyResult(
         outputs=diffs,
         input_shapes={k: tuple(int(d) for d in np.shape(v)) for k, v in inputs.items()},
-        rtol=float(rtol),
-        atol=float(atol),
+        rtol=float(rtol) if given else None,
+        atol=float(atol) if given else None,
         seed=int(seed),
+        unverifiable=dict(plan.unverifiable) if plan else {},
+        blocked=list(plan.blocked) if plan else [],
     )

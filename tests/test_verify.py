@@ -602,8 +602,8 @@ def test_intra_op_threads_same_numbers():
 def test_format_result_exact():
     res = VerifyResult(
         outputs=[
-            OutputDiff("y", (1, 4, 8, 8), 0.0, 0.0, 3.0),
-            OutputDiff("logits_long", (2, 10), 1.5e-3, 5e-4, 3.0),
+            OutputDiff("y", (1, 4, 8, 8), 0.0, 0.0, 3.0, 1e-4, 1e-5, 0.0, "given"),
+            OutputDiff("logits_long", (2, 10), 1.5e-3, 5e-4, 3.0, 1e-4, 1e-5, 0.0, "given"),
         ],
         input_shapes={"x": (1, 3, 8, 8)},
         rtol=1e-4,
@@ -612,11 +612,27 @@ def test_format_result_exact():
     )
     assert res.passed is False
     assert format_result(res) == (
-        "output       shape      max abs err  max rel err  status\n"
-        "-----------  ---------  -----------  -----------  ------\n"
-        "y            (1,4,8,8)    0.000e+00    0.000e+00  ok\n"
-        "logits_long  (2,10)       1.500e-03    5.000e-04  FAIL\n"
-        "FAILED (rtol=0.0001, atol=1e-05, seed=0)"
+        "tensor       shape      max abs err    allowed  max rel err  precision  status\n"
+        "-----------  ---------  -----------  ---------  -----------  ---------  ------\n"
+        "y            (1,4,8,8)    0.000e+00  3.100e-04    0.000e+00  given      ok\n"
+        "logits_long  (2,10)       1.500e-03  3.100e-04    5.000e-04  given      FAIL\n"
+        "FAILED (tolerance given: 0.0001*max|ref| + 1e-05; seed=0)"
     )
     res.outputs.pop()
-    assert format_result(res).splitlines()[-1] == "PASSED (rtol=0.0001, atol=1e-05, seed=0)"
+    assert format_result(res).splitlines()[-1] == "PASSED (tolerance given: 0.0001*max|ref| + 1e-05; seed=0)"
+
+
+def test_format_result_partial_and_noise():
+    res = VerifyResult(
+        outputs=[OutputDiff("boxes", (2, 10), 1.5e-3, 5e-4, 3.0, 2.5e-3, 2.5e-3, 1e-4, "float16",
+                            "input of EfficientNMS_TRT 'nms'")],
+        input_shapes={"x": (1, 3, 8, 8)}, rtol=None, atol=None, seed=0,
+        unverifiable={"num_dets": "computed from an op onnxruntime cannot run"}, blocked=["EfficientNMS_TRT 'nms'"])
+    assert res.outputs[0].allowed == pytest.approx(2.5e-3 * 3 + 2.5e-3 + 2e-4)
+    text = format_result(res).splitlines()
+    assert text[2].split()[-3:] == ["+noise", "1.0e-04", "ok"]
+    assert text[3] == "not verified: num_dets (computed from an op onnxruntime cannot run)"
+    assert text[-1].startswith("PASSED (part of the model; tolerance by each path's precision")
+    d = res.to_dict()
+    assert d["partial"] is True and d["unverifiable"] == {"num_dets": "computed from an op onnxruntime cannot run"}
+    assert d["outputs"][0]["what"] == "input of EfficientNMS_TRT 'nms'" and d["tolerance"] == "by precision"
