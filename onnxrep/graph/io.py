@@ -90,10 +90,31 @@ def load_model(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelP
             raise InputError(f"{p}: cannot load external data ({first_line(exc)})") from None
     if check:
         try:
-            onnx.checker.check_model(str(p))
+            _check(model, p)
         except Exception as exc:
             raise InputError(f"{p}: invalid ONNX model: {first_line(exc)}") from None
     return model, external
+
+
+def _check(model: onnx.ModelProto, path: Path) -> None:
+    """The ONNX checker; default-domain ops ONNX does not define (TensorRT plugins) are checked
+    as custom-domain ones (``foreign.stubbed``), everything else as usual."""
+    from .foreign import stubbed, unregistered_nodes
+
+    if not unregistered_nodes(model):
+        onnx.checker.check_model(str(path))
+        return
+    with stubbed(model):
+        if proto_size(model) <= PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+            return
+        from onnx.onnx_cpp2py_export import checker as c_checker
+
+        ctx = c_checker.CheckerContext()  # too large for an in-memory check: node by node
+        ctx.ir_version = model.ir_version
+        ctx.opset_imports = {i.domain: i.version for i in model.opset_import}
+        for node in model.graph.node:
+            onnx.checker.check_node(node, ctx)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
