@@ -282,25 +282,44 @@ def test_report_flags_uneven_channel_ranges(tmp_path, capsys):
     assert "consider per-channel INT8 quantization" in stdout
 
 
-def test_custom_op_model_needs_no_verify(tmp_path, capsys):
-    """onnxruntime cannot run a custom-domain op: exit 5 with a hint, nothing written; --no-verify works."""
+def _custom_op_model(path, on_input: bool):
+    """Conv -> MyOp (com.example), or with ``on_input`` MyOp -> Conv (nothing onnxruntime can check)."""
     w = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "W")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1]),
-         helper.make_node("MyOp", ["y"], ["z"], domain="com.example", alpha=0.5)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
-    src = tmp_path / "custom.onnx"
+    conv_in, op_in, out = ("t", "x", "y") if on_input else ("x", "y", "z")
+    nodes = [helper.make_node("Conv", [conv_in, "W"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("MyOp", [op_in], ["t" if on_input else "z"], domain="com.example", alpha=0.5)]
+    graph = helper.make_graph(nodes[::-1] if on_input else nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4, 8, 8])], [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                      helper.make_opsetid("com.example", 1)]), src)
-    out = tmp_path / "out.onnx"
+                                                      helper.make_opsetid("com.example", 1)]), path)
+
+def test_custom_op_model_verified_up_to_the_op(tmp_path, capsys):
+    """onnxruntime cannot run a custom-domain op: the tensor feeding it is verified, exit 0."""
+    src, out, js = tmp_path / "custom.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    _custom_op_model(src, on_input=False)
+    code, stdout, _ = _run(["optimize", src, out, "--json", js], capsys)
+    assert code == 0 and out.exists()
+    v = json.loads(js.read_text())["verification"]
+    assert v["partial"] is True and v["passed"] is True
+    assert [(o["name"], o["what"]) for o in v["outputs"]] == [("y", "input of MyOp 'z'")]
+    assert v["unverifiable"] == {"z": "computed from an op onnxruntime cannot run"}
+    assert "not verified: z" in stdout and "com.example.MyOp" in stdout
+    node = onnx.load(out).graph.node[1]
+    assert (node.op_type, node.domain, node.attribute[0].f) == ("MyOp", "com.example", 0.5)
+
+
+def test_custom_op_model_with_nothing_verifiable_needs_no_verify(tmp_path, capsys):
+    """Every output and op input depends on an op onnxruntime cannot run: exit 5 with a hint, nothing
+    written; --no-verify works."""
+    src, out = tmp_path / "custom.onnx", tmp_path / "out.onnx"
+    _custom_op_model(src, on_input=True)
     code, _, err = _run(["optimize", src, out, "-q"], capsys)
     assert code == cli.EXIT_VERIFY and "--no-verify" in err and err.count("\n") == 1
     assert not out.exists()
     code, _, _ = _run(["optimize", src, out, "-q", "--no-verify"], capsys)
     assert code == 0
-    node = onnx.load(out).graph.node[1]
-    assert (node.op_type, node.domain, node.attribute[0].f) == ("MyOp", "com.example", 0.5)
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["MyOp", "Conv"]
 
 
 def test_max_sweeps_limit_is_reported(tmp_path, capsys):
