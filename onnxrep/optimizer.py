@@ -7,6 +7,8 @@ from typing import Callable, Iterable
 import onnx
 
 from .graph import GraphContext
+from .graph.context import EditLog
+from .graph.foreign import describe, foreign_ops
 from .graph.convert import default_opset, export, import_graph, overridable_initializers, subgraphs
 from .report import Report, RuleRecord
 from .rule import Rule, RuleError
@@ -54,13 +56,15 @@ def _run(rule: Rule, ctx: GraphContext, record: RuleRecord, applies: bool) -> No
 
 
 def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, include_defaults: bool = True,
-             max_sweeps: int = 8, progress: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, Report]:
+             max_sweeps: int = 8, progress: Callable[[str], None] | None = None,
+             edit_limit: int | None = None) -> tuple[onnx.ModelProto, Report]:
     """Rewrite ``model`` with the built-in rules plus ``rules``; return the new model and a report.
 
     ``model`` itself is not modified. Rules run in priority order, sweep after sweep, until a
     sweep changes nothing (at most ``max_sweeps``). A rule outside its opset range only looks for
     near-misses. Raises ``RuleSetError`` for a bad rule set and ``RuleError`` when a rule raises.
     Verification is separate: see ``onnxrep.verify`` or ``onnxrep.optimize_file``.
+    ``edit_limit``: make only the first N edits (``report.edits`` lists them: rule and node).
     """
     start = time.perf_counter()
     rule_list = resolve_rules(rules, include_defaults)
@@ -69,6 +73,10 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     notes = []
     if opset < 11:
         notes.append(f"opset {opset} is older than 11: no rule ran")
+    foreign = foreign_ops(model)
+    if foreign:
+        notes.append(f"ops that are not ONNX ops, passed through untouched: {describe(foreign)}")
+    edits = EditLog(edit_limit)
     overridable = overridable_initializers(model)
     graph = import_graph(model)
     records = {id(r): RuleRecord(r.rule_name) for r in rule_list}
@@ -80,8 +88,9 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     for sweep in range(max_sweeps if opset >= 11 else 0):
         sweeps += 1
         graph.toposort()
-        ctx = GraphContext(graph, opset, overridable)
-        contexts = [ctx] + [GraphContext(body, opset, overridable, ctx._names, main=False) for body in subgraphs(graph)]
+        ctx = GraphContext(graph, opset, overridable, edits=edits)
+        contexts = [ctx] + [GraphContext(body, opset, overridable, ctx._names, main=False, edits=edits)
+                            for body in subgraphs(graph)]
         for rule in rule_list:
             record = records[id(rule)]
             record.declines = []  # the report keeps the last sweep's
@@ -105,4 +114,4 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     report_rules = [records[id(r)] for r in rule_list] + ([cleanup] if cleanup.nodes_removed else [])
     merged = [c for r in report_rules for c in r.merged if c.conv in final]
     return out, Report(before, graph_stats(out), report_rules, sweeps, time.perf_counter() - start, opset,
-                       notes=notes, merged_convs=merged)
+                       notes=notes, merged_convs=merged, edits=edits.entries)

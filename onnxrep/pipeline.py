@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 from .graph.io import InputError, OutputError, PendingOutput, first_line, load_model, same_file
 from .optimizer import optimize
 from .report import Report
-from .rule import Pass, PatternRule, Rule
+from .rule import Pass, PatternRule, Rule, RuleError
 from .verification import VerifyError, verify
 
 
@@ -22,6 +22,25 @@ class VerificationFailed(Exception):
     def __init__(self, message: str, report: Report):
         super().__init__(message)
         self.report = report
+
+
+def _failure_message(result, culprit: dict | None) -> str:
+    worst = result.worst()
+    where = f"rule '{culprit['rule']}' at node '{culprit['node']}' " if culprit else ""
+    return (f"verification failed: {where}(max abs error {worst.max_abs:.3g} on '{worst.name}', allowed "
+            f"{worst.allowed:.3g}, max rel {worst.max_rel:.3g}); nothing written")
+
+
+def _culprit(src, report: Report, rules, include_defaults: bool, max_sweeps: int, progress, verify_args) -> dict | None:
+    """Bisect the run's edits for the one that broke verification (see ``onnxrep.culprit``)."""
+    from .culprit import find_culprit
+
+    model, _ = load_model(src, check=False)
+    try:
+        return find_culprit(model, report.edits, lambda out: verify(str(src), out, **verify_args).passed,
+                            rules=rules, include_defaults=include_defaults, max_sweeps=max_sweeps, progress=progress)
+    except (VerifyError, RuleError):
+        return None
 
 
 class RulesFileError(Exception):
@@ -57,17 +76,19 @@ def load_rules_from(path: str | os.PathLike) -> list[Rule]:
 
 def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rules: Iterable[Rule] | None = None,
                   include_defaults: bool = True, check_result: bool = True, input_shapes=None, seed: int = 0,
-                  rtol: float = 1e-4, atol: float = 1e-5, max_sweeps: int = 8,
+                  rtol: float | None = None, atol: float | None = None, max_sweeps: int = 8,
                   progress: Callable[[str], None] | None = None) -> Report:
     """Optimize ``src`` into ``dest`` (``None``: dry run, nothing written).
 
-    With ``check_result`` the optimized model is run against ``src`` in onnxruntime first;
-    above tolerance ``VerificationFailed`` is raised and nothing is written.
+    With ``check_result`` the optimized model is run against ``src`` in onnxruntime first
+    (tolerance by precision unless ``rtol`` / ``atol``); above tolerance the edit that broke it is
+    found (``onnxrep.culprit``), ``VerificationFailed`` names it, and nothing is written.
     """
     if dest is not None and same_file(src, dest):
         raise OutputError(f"{dest}: output path is the input path (choose another output file)")
     model, had_external = load_model(src)
     external = True if had_external else None  # keep external data; None: decide by size
+    rules = list(rules or [])
     optimized, report = optimize(model, rules, include_defaults=include_defaults, max_sweeps=max_sweeps,
                                  progress=progress)
     del model
@@ -86,12 +107,17 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
                 raise InputError(first_line(exc)) from None
             except VerifyError as exc:
                 raise VerificationFailed(f"verification could not run ({exc}); nothing written "
-                                         f"(--no-verify skips the check, e.g. for custom ops)", report) from None
+                                         f"(--no-verify skips the check)", report) from None
             report.verification = result
             if not result.passed:
-                raise VerificationFailed(
-                    f"verification failed: max abs error {result.max_abs:.3g} (max rel {result.max_rel:.3g}) "
-                    f"above tolerance rtol={rtol:g}, atol={atol:g}; nothing written", report)
+                if pending is not None:
+                    pending.discard()
+                    pending = None
+                del optimized
+                gc.collect()
+                report.culprit = _culprit(src, report, rules, include_defaults, max_sweeps, progress,
+                                          dict(input_shapes=input_shapes, seed=seed, rtol=rtol, atol=atol))
+                raise VerificationFailed(_failure_message(result, report.culprit), report)
         if pending is not None:
             pending.commit()
             pending = None

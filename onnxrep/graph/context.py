@@ -44,6 +44,22 @@ def all_names(graph: gs.Graph) -> set[str]:
     return names
 
 
+class EditLog:
+    """Every edit of one optimization run, in order: ``(rule, node)``; with ``limit``, edits past
+    the first ``limit`` are refused (the graph stays as it is), which is how a failing run is
+    bisected down to the one edit that broke it (``onnxrep.culprit``)."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit = limit
+        self.entries: list[tuple[str, str]] = []
+
+    def admit(self, rule: str, node: str) -> bool:
+        if self.limit is not None and len(self.entries) >= self.limit:
+            return False
+        self.entries.append((rule, node))
+        return True
+
+
 class GraphContext(ConstantQueries):
     """A gs graph under rewrite.
 
@@ -54,8 +70,10 @@ class GraphContext(ConstantQueries):
     """
 
     def __init__(self, graph: gs.Graph, opset: int, overridable: Iterable[str] = (), names: set[str] | None = None,
-                 main: bool = True):
+                 main: bool = True, edits: EditLog | None = None):
         self.graph = graph
+        #: the run's edits (shared by the contexts of one run)
+        self.edits = edits if edits is not None else EditLog()
         #: False for the body of an If / Loop / Scan (node counts in the report are the main graph's)
         self.main = main
         self.opset = opset
@@ -182,6 +200,8 @@ class GraphContext(ConstantQueries):
         if problem is not None:
             self.decline(at if at is not None else region[-1], problem, kind="privacy")
             return None
+        if not self._admit(at if at is not None else region[-1] if region else self.at):
+            return None
         feeders = self.disconnect(region)
         made = []
         for p in new_nodes:
@@ -201,6 +221,8 @@ class GraphContext(ConstantQueries):
         if self.is_graph_output(out):
             self.decline(node, f"its output '{out.name}' is a graph output", kind="privacy")
             return False
+        if not self._admit(node):
+            return False
         self._redirect(out, node.inputs[keep])
         self._count(1 + self.drop_dead_constants(self.disconnect([node])))
         return True
@@ -213,9 +235,15 @@ class GraphContext(ConstantQueries):
             self.decline(self.producer(tensor) or tensor.name, f"tensor '{tensor.name}' is a graph output",
                          kind="privacy")
             return False
+        if not self._admit(self.producer(tensor) or self.at):
+            return False
         self._redirect(tensor, replacement)
         self.changed = True
         return True
+
+    def _admit(self, node: gs.Node | None) -> bool:
+        name = "" if node is None else (node.name or node.op)
+        return self.edits.admit(self.record.name, name)
 
     def _redirect(self, tensor: gs.Tensor, replacement: gs.Tensor) -> None:
         for consumer in list(tensor.outputs):
