@@ -1073,9 +1073,10 @@ def _divisors(n: int) -> list[int]:
 
 # --------------------------------------------------------------------------- the strategy
 @st.composite
-def training_graphs(draw, max_blocks: int = 4, allow_if: bool = True) -> FuzzCase:
+def training_graphs(draw, max_blocks: int = 4, allow_if: bool = True, float16_share: int = 25) -> FuzzCase:
+    """Random training-form models; ``float16_share`` percent of them in float16."""
     seed = draw(st.integers(0, 2**32 - 1))
-    dtype = "float16" if draw(st.integers(0, 99)) >= 75 else "float32"
+    dtype = "float16" if draw(st.integers(0, 99)) >= 100 - float16_share else "float32"
     opset = draw(st.integers(MIN_OPSET, newest_ort_opset()))
     dyn = draw(st.integers(0, 99))
     spatial_dynamic = dyn >= 94
