@@ -636,3 +636,29 @@ def test_convtranspose_then_affine(n, gkind, og, stride, pad, dil, has_bias, sca
 def test_convtranspose_then_affine_channel_mismatch():
     with pytest.raises(NotRepresentable):
         convtranspose_then_affine(np.ones((4, 2, 3, 3)), None, 2, AffineForm(np.ones(2), np.zeros(2)))
+
+
+# --------------------------------------------------------------------------- float16 precision of merged weights
+def test_precision_loss_flags_weights_under_float16_normal_range():
+    """A tiny scale folded into a weight (Mul(conv(x), 1e-4)): most weights under 6.1e-5 round to a fixed
+    spacing, losing more than the bound of normal rounding; the same weights at scale 1 do not."""
+    from onnxrep.algebra import cast_back, precision_loss
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 8, 1, 1)) * 0.3
+    assert precision_loss(np.float16, w) is None
+    assert precision_loss(np.float32, w * 1e-4) is None          # float32's normal range reaches 1e-38
+    reason = precision_loss(np.float16, w * 1e-4)
+    assert reason is not None and "normal range" in reason
+    with pytest.raises(NotRepresentable) as exc:
+        cast_back(np.float16, w * 1e-4, np.zeros(4))
+    assert exc.value.code == "dtype-precision"
+    # one negligible subnormal weight beside normal ones is not a loss worth declining
+    w2 = w.copy()
+    w2[0, 0, 0, 0] = 1e-7
+    assert precision_loss(np.float16, w2) is None
+    # normal numbers never break the bound: sum |cast(w) - w| <= eps/2 * sum |w| per channel
+    for scale in (1e-3, 1.0, 300.0):
+        flat = (w * scale).reshape(4, -1)
+        lost = np.abs(flat.astype(np.float16).astype(np.float64) - flat).sum(1)
+        assert np.all(lost <= np.finfo(np.float16).eps / 2 * np.abs(flat).sum(1))

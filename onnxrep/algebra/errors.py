@@ -8,6 +8,7 @@ CODES = frozenset({
     "channels",      # channel counts that do not fit (mismatch, not divisible by groups)
     "dilations",     # different dilations
     "dtype-range",   # the merged values do not fit the model's dtype (float16 past 65504, not finite)
+    "dtype-precision",  # merged float16 weights under the normal range lose more than normal rounding
     "groups",        # groups that cannot be rewritten as other groups
     "not-constant",  # a weight, bias, pad or parameter that is not a constant
     "padding",       # padding whose border value the merged form cannot reproduce

@@ -35,11 +35,45 @@ def overflow(dtype, *arrays: np.ndarray) -> str | None:
     return None
 
 
+def precision_loss(dtype, weight: np.ndarray) -> str | None:
+    """Why ``weight`` (float64) loses precision in ``dtype`` beyond normal rounding (``None`` if not).
+
+    Rounding a normal number to nearest moves it by at most half an ulp, ``eps/2 * |w|``: per output
+    channel (axis 0), ``sum |cast(w) - w| <= eps/2 * sum |w|``. Values under the smallest normal
+    number (float16: 6.1e-5; a tiny scale folded into a weight) are rounded to a fixed spacing
+    instead: when their share of the loss alone exceeds half that bound, the merged layer is less
+    precise than the layers it replaces (they round the small values once, at their output, not
+    every weight). Checked for float types with a narrow exponent range only (float16).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or float(np.finfo(dtype).tiny) < 1e-30:
+        return None
+    w = np.asarray(weight, dtype=np.float64)
+    if w.ndim < 2 or not w.size:
+        return None
+    flat = w.reshape(len(w), -1)
+    tiny = float(np.finfo(dtype).tiny)
+    under = (np.abs(flat) < tiny) & (flat != 0)
+    if not under.any():
+        return None
+    lost = np.where(under, np.abs(flat.astype(dtype).astype(np.float64) - flat), 0.0).sum(axis=1)
+    budget = float(np.finfo(dtype).eps) / 2 * np.abs(flat).sum(axis=1)
+    worst = int(np.argmax(lost - budget / 2))
+    if lost[worst] > budget[worst] / 2:
+        return (f"merged weights fall under {dtype.name}'s normal range (output channel {worst}: rounding its "
+                f"weights under {tiny:.2g} loses {lost[worst] / budget[worst]:.2f}x the bound of normal rounding)")
+    return None
+
+
 def cast_back(dtype, *arrays: np.ndarray) -> list[np.ndarray]:
-    """The float64 results cast to the model's ``dtype``; ``NotRepresentable`` if any overflows it."""
+    """The float64 results cast to the model's ``dtype``; ``NotRepresentable`` if any overflows it,
+    or if the first (the weight) loses more precision than normal rounding (``precision_loss``)."""
     reason = overflow(dtype, *arrays)
     if reason:
         raise NotRepresentable(reason, code="dtype-range")
+    reason = precision_loss(dtype, arrays[0]) if arrays else None
+    if reason:
+        raise NotRepresentable(reason, code="dtype-precision")
     return [np.asarray(a).astype(np.dtype(dtype)) for a in arrays]
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..algebra import (AffineForm, ConvForm, NotRepresentable, add, affine_as_conv, affine_sum, affine_then_affine,
-                       affine_then_conv, compose, conv_then_affine, overflow)
+                       affine_then_conv, compose, conv_then_affine, overflow,
+                       precision_loss)
 from ..cost import ZERO, Cost
 
 #: plans kept per region at most (the merged one, the cheapest others, and one that writes nothing)
@@ -202,10 +203,11 @@ def combine(terms: list[Form], term_cost: Callable[[Form], Cost]) -> tuple[list[
 
 def writable(form: ConvForm, dtype) -> str | None:
     """Why ``form`` cannot be written as a Conv of ``dtype`` (``None`` if it can): negative pads (a
-    crop) have no Conv; a float16 weight past 65504 would be inf."""
+    crop) have no Conv; a float16 weight past 65504 would be inf, one under its normal range
+    would lose precision."""
     if any(p < 0 for p in form.pads):
         return "the merged conv would need negative padding"
-    return overflow(dtype or np.float32, form.weight, form.bias)
+    return overflow(dtype or np.float32, form.weight, form.bias) or precision_loss(dtype or np.float32, form.weight)
 
 
 def precision_rtol(dtype) -> float:
