@@ -17,6 +17,7 @@ import onnx
 from onnx import defs
 
 from .graph.foreign import ONNX_DOMAINS, onnx_opset
+from .graph.shapes import inferred_shapes
 
 #: a node onnxruntime refuses, as its messages name it
 _NODE_NAMED = [re.compile(r"node with name '([^']*)'"), re.compile(r'In Node, \("([^"]*)", (\w+)'),
@@ -161,6 +162,8 @@ def cut(model: onnx.ModelProto, targets: list[str]) -> onnx.ModelProto:
     og.initializer.extend(t for t in g.initializer if t.name in seen or t.name in {i.name for i in g.input})
     og.sparse_initializer.extend(t for t in g.sparse_initializer if t.values.name in seen)
     declared = {v.name: v for v in list(g.output) + list(g.value_info)}
+    if any(name not in declared for name in targets):
+        declared = {**inferred_shapes(model), **declared}  # typed outputs where inference can tell
     for name in targets:
         og.output.append(declared[name] if name in declared else onnx.ValueInfoProto(name=name))
     og.value_info.extend(v for v in g.value_info if v.name in seen and v.name not in targets)
