@@ -6,15 +6,20 @@ node and is not computed from one, and every graph output not computed from one:
 outputs of a verification model cut from the graph (:func:`cut`: the nodes they depend on, nothing
 else). Blocked nodes are found from the schemas ONNX and onnxruntime know, then from onnxruntime's
 own refusals (it names the node it has no kernel for), one at a time.
+
+Past a blocked node, its float outputs that something reads can be fed (:func:`fed_values`): both
+models get the same random values there, and what is computed from them is compared as well.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Iterable, Mapping
 
+import numpy as np
 import onnx
-from onnx import defs
+from onnx import defs, helper
 
 from .graph.foreign import ONNX_DOMAINS, onnx_opset
 from .graph.shapes import inferred_shapes
@@ -92,31 +97,37 @@ class Plan:
     blocked: list[str] = field(default_factory=list)   # "op 'name'" of each blocked node
 
 
-def plan(model: onnx.ModelProto, blocked_keys: set[tuple[str, ...]]) -> Plan:
-    """The verifiable tensors of ``model`` when the nodes ``blocked_keys`` cannot run."""
+def plan(model: onnx.ModelProto, blocked_keys: set[tuple[str, ...]], fed: Iterable[str] = ()) -> Plan:
+    """The verifiable tensors of ``model`` when the nodes ``blocked_keys`` cannot run.
+
+    ``fed``: outputs of blocked nodes that the verification feeds with the same random values on
+    both sides; what is computed from them is verifiable too (as a function of those values).
+    """
     g = model.graph
+    fed = set(fed)
     blocked = [n for n in g.node if node_key(n) in blocked_keys]
     tainted: set[str] = set()
     producer_blocked = {id(n) for n in blocked}
     for node in g.node:  # graph order is topological
+        if id(node) in producer_blocked:
+            tainted.update(o for o in node.output if o and o not in fed)
+            continue
         reads = list(node.input) + _outer_reads(node)
-        if id(node) in producer_blocked or any(i in tainted for i in reads if i):
+        if any(i in tainted for i in reads if i):
             tainted.update(o for o in node.output if o)
     result = Plan(blocked=[f"{n.op_type} '{n.name or n.output[0]}'" for n in blocked])
     for n in blocked:
         what = f"input of {n.op_type} '{n.name or n.output[0]}'"
         for i in n.input:
-            if not i or i in result.targets:
-                continue
-            if i in tainted:
-                continue
-            result.targets[i] = what
+            if i and i not in result.targets and i not in tainted:
+                result.targets[i] = what
     for o in g.output:
-        if o.name in tainted:
+        if o.name in tainted or o.name in fed:
             result.unverifiable[o.name] = "computed from an op onnxruntime cannot run"
         else:
             result.targets.setdefault(o.name, "graph output")
-    computed = {o for n in g.node for o in n.output if o}  # a graph input or a weight: nothing to compare
+    # a graph input, a weight or a fed value: nothing to compare
+    computed = {o for n in g.node if id(n) not in producer_blocked for o in n.output if o}
     result.targets = {k: v for k, v in result.targets.items() if k in computed}
     return result
 
@@ -131,11 +142,11 @@ def _outer_reads(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def cut(model: onnx.ModelProto, targets: list[str]) -> onnx.ModelProto:
-    """A model with ``targets`` as its outputs and only the nodes they depend on (same inputs).
-
-    Initializers are shared by copy only where read; weights are not duplicated beyond those.
-    """
+def cut(model: onnx.ModelProto, targets: list[str], fed: Mapping[str, onnx.ValueInfoProto] | None = None
+        ) -> onnx.ModelProto:
+    """A model with ``targets`` as its outputs and only the nodes they depend on; its inputs are the
+    model's, then the ``fed`` tensors (name -> declaration), where the walk back stops."""
+    fed = dict(fed or {})
     g = model.graph
     producer = {o: n for n in g.node for o in n.output if o}
     keep, stack, seen = set(), list(targets), set()
@@ -144,7 +155,7 @@ def cut(model: onnx.ModelProto, targets: list[str]) -> onnx.ModelProto:
         if name in seen:
             continue
         seen.add(name)
-        node = producer.get(name)
+        node = None if name in fed else producer.get(name)
         if node is None or id(node) in keep:
             continue
         keep.add(id(node))
@@ -159,6 +170,7 @@ def cut(model: onnx.ModelProto, targets: list[str]) -> onnx.ModelProto:
     og.name = g.name
     og.node.extend(n for n in g.node if id(n) in keep)
     og.input.extend(g.input)
+    og.input.extend(fed[name] for name in fed if name in seen)
     og.initializer.extend(t for t in g.initializer if t.name in seen or t.name in {i.name for i in g.input})
     og.sparse_initializer.extend(t for t in g.sparse_initializer if t.values.name in seen)
     declared = {v.name: v for v in list(g.output) + list(g.value_info)}
@@ -166,8 +178,74 @@ def cut(model: onnx.ModelProto, targets: list[str]) -> onnx.ModelProto:
         declared = {**inferred_shapes(model), **declared}  # typed outputs where inference can tell
     for name in targets:
         og.output.append(declared[name] if name in declared else onnx.ValueInfoProto(name=name))
-    og.value_info.extend(v for v in g.value_info if v.name in seen and v.name not in targets)
+    og.value_info.extend(v for v in g.value_info if v.name in seen and v.name not in targets and v.name not in fed)
     return out
+
+
+def fed_values(model: onnx.ModelProto, blocked_keys: set[tuple[str, ...]], known: Mapping[str, np.ndarray],
+               seed: int) -> dict[str, np.ndarray]:
+    """Seeded random values for the float outputs of blocked nodes that something reads.
+
+    The shape is the declared one when every dim is known (symbols bound by the known tensors'
+    declared shapes), else that of the node's first input when it is known (``known``: values of
+    graph inputs and verified tensors) and the output is declared with the same rank or not at all;
+    the dtype is the declared one, else the first input's. Integer outputs (NMS indices, counts) are
+    not fed: what reads them stays unverified.
+    """
+    g = model.graph
+    declared = {v.name: v for v in list(g.value_info) + list(g.output)}
+    declared = {**inferred_shapes(model), **declared}
+    bindings = _bindings(g, known)
+    read = {i for n in g.node for i in list(n.input) + _outer_reads(n) if i}
+    rng = np.random.default_rng(seed + 7919)
+    values = {}
+    for node in g.node:
+        if node_key(node) not in blocked_keys:
+            continue
+        first = known.get(node.input[0]) if node.input and node.input[0] else None
+        for name in node.output:
+            if not name or name not in read:
+                continue
+            vi = declared.get(name)
+            elem = vi.type.tensor_type.elem_type if vi is not None else 0
+            dtype = helper.tensor_dtype_to_np_dtype(elem) if elem else (first.dtype if first is not None else None)
+            shape = _static_shape(vi, bindings) if vi is not None else None
+            rank = len(vi.type.tensor_type.shape.dim) if vi is not None and vi.type.tensor_type.HasField("shape") else None
+            if shape is None and first is not None and rank in (None, first.ndim):
+                shape = first.shape
+            if dtype is None or shape is None or np.dtype(dtype).kind != "f":
+                continue
+            values[name] = rng.standard_normal(shape).astype(dtype)
+    return values
+
+
+def _bindings(g: onnx.GraphProto, known: Mapping[str, np.ndarray]) -> dict[str, int]:
+    found = {}
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        if v.name in known:
+            for d, size in zip(v.type.tensor_type.shape.dim, np.shape(known[v.name])):
+                if d.dim_param:
+                    found.setdefault(d.dim_param, int(size))
+    return found
+
+
+def _static_shape(vi: onnx.ValueInfoProto, bindings: Mapping[str, int]) -> tuple[int, ...] | None:
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    dims = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.dim_param in bindings:
+            dims.append(bindings[d.dim_param])
+        else:
+            return None
+    return tuple(dims)
+
+
+def declaration(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
 
 
 def statically_blocked(model: onnx.ModelProto) -> set[tuple[str, ...]]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -85,6 +85,9 @@ class VerifyResult:
     unverifiable: dict[str, str] = field(default_factory=dict)
     #: the nodes onnxruntime cannot run ("op 'name'"), when only part of the model was verified
     blocked: list[str] = field(default_factory=list)
+    #: outputs of those nodes fed with the same seeded random values to both models (what reads
+    #: them was compared as a function of those values)
+    fed: list[str] = field(default_factory=list)
 
     @property
     def max_abs(self) -> float:
@@ -146,6 +149,7 @@ class VerifyResult:
             ],
             "unverifiable": dict(self.unverifiable),
             "blocked": list(self.blocked),
+            "fed": list(self.fed),
         }
 
 
@@ -162,6 +166,9 @@ def format_result(result: VerifyResult) -> str:
         lines.append(f"not verified: {name} ({why})")
     if result.blocked:
         lines.append(f"onnxruntime cannot run: {', '.join(result.blocked)}; the tensors feeding them were compared")
+    if result.fed:
+        lines.append(f"fed with the same random values in both models: {', '.join(result.fed)} (what reads "
+                     f"them was compared too)")
     verdict = "PASSED" if result.passed else "FAILED"
     part = "part of the model; " if result.partial else ""
     lines.append(f"{verdict} ({part}{result.tolerance_text()}; seed={result.seed})")
@@ -207,26 +214,68 @@ def _load_full(model: ModelLike) -> onnx.ModelProto:
         raise VerifyError(f"cannot load model {os.fspath(model)!r}: {first_line(e)}") from e
 
 
-def _run_partial(reference: ModelLike, inputs: Mapping[str, Any], error: VerifyError):
-    """Run the largest part of ``reference`` onnxruntime can: ``(plan, outputs, cut model)``."""
+@dataclass
+class _Partial:
+    """The part of the reference onnxruntime ran: what was compared, its outputs, the cut model, and
+    the values fed for outputs of blocked nodes (``runnable.fed_values``) with their declarations."""
+    plan: runnable.Plan
+    outputs: dict
+    model: onnx.ModelProto
+    fed: dict = field(default_factory=dict)
+
+    def cut(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        return runnable.cut(model, list(self.plan.targets),
+                            {k: runnable.declaration(k, v) for k, v in self.fed.items()})
+
+
+def _run_partial(reference: ModelLike, inputs: Mapping[str, Any], error: VerifyError, seed: int) -> _Partial:
+    """Run the largest part of ``reference`` onnxruntime can (module doc)."""
     full = _load_full(reference)
     blocked = runnable.statically_blocked(full)
     blocked |= {runnable.node_key(n) for n in runnable.refused_nodes(str(error), full)}
     if not blocked:
         raise VerifyError(f"reference model: {error}")
+    part = _run_refusing(full, blocked, lambda: _Partial(runnable.plan(full, blocked), {}, None), inputs)
+    part = _past_blocked(full, blocked, part, inputs, seed)
+    if not part.plan.targets:
+        raise VerifyError(f"onnxruntime cannot run any graph output or the inputs of {', '.join(part.plan.blocked)}")
+    return part
+
+
+def _run_refusing(full: onnx.ModelProto, blocked: set, make: Callable[[], _Partial], inputs: Mapping[str, Any]
+                  ) -> _Partial:
+    """``make()`` a part and run it; a node onnxruntime refuses joins ``blocked`` (in place) and the
+    part is made again. VerifyError when a refusal names no new node."""
     for _ in range(runnable.MAX_REFUSALS):
-        plan = runnable.plan(full, blocked)
-        if not plan.targets:
-            raise VerifyError(f"onnxruntime cannot run any graph output or the inputs of {', '.join(plan.blocked)}")
-        part = runnable.cut(full, list(plan.targets))
+        part = make()
+        if not part.plan.targets:
+            return part
+        part.model = part.cut(full)
         try:
-            return plan, run(part, inputs), part
+            part.outputs = run(part.model, {**inputs, **part.fed})
+            return part
         except VerifyError as e:
             new = {runnable.node_key(n) for n in runnable.refused_nodes(str(e), full)} - blocked
             if not new:
-                raise VerifyError(f"reference model: {e}") from e
+                raise
             blocked |= new
-    raise VerifyError(f"reference model: {error}")
+    raise VerifyError(f"onnxruntime refused more than {runnable.MAX_REFUSALS} nodes")
+
+
+def _past_blocked(full: onnx.ModelProto, blocked: set, part: _Partial, inputs: Mapping[str, Any],
+                  seed: int) -> _Partial:
+    """Extend ``part`` past the blocked nodes: their float outputs get the same seeded random values in
+    both models, and what is computed from them is compared too. ``part`` if that cannot run."""
+    known, blocked = {**inputs, **part.outputs}, set(blocked)
+
+    def make() -> _Partial:
+        fed = runnable.fed_values(full, blocked, known, seed)
+        return _Partial(runnable.plan(full, blocked, fed), {}, None, fed)
+    try:
+        wider = _run_refusing(full, blocked, make, inputs)
+    except VerifyError:  # e.g. a shape guessed for a plugin's output that is not its real one
+        return part
+    return wider if len(wider.plan.targets) > len(part.plan.targets) else part
 
 
 def _noise(reference: onnx.ModelProto, inputs: Mapping[str, Any], ref_out: Mapping[str, np.ndarray],
@@ -275,21 +324,23 @@ def verify(
             f"candidate model needs input(s) the reference does not provide: {', '.join(missing)}"
         )
     cand_feeds = {n: inputs[n] for n in cand_inputs}
-    plan = None
+    part = None
     try:
         ref_out = run(reference, inputs)
         ref_model = load_graph_only(reference)
     except VerifyError as exc:
-        plan, ref_out, ref_model = _run_partial(reference, inputs, exc)
-    if plan is None:
+        part = _run_partial(reference, inputs, exc, seed)
+        ref_out, ref_model = part.outputs, part.model
+    plan = part.plan if part is not None else None
+    if part is None:
         cand_out = _run_labeled("candidate", candidate, cand_feeds)
     else:
         cand_full = _load_full(candidate)
         produced = {o for n in cand_full.graph.node for o in n.output} | {i.name for i in cand_full.graph.input}
-        lost = [t for t in plan.targets if t not in produced]
+        lost = [t for t in list(plan.targets) + list(part.fed) if t not in produced]
         if lost:
-            raise VerifyError(f"candidate model: tensor(s) {', '.join(lost)} ({plan.targets[lost[0]]}) are gone")
-        cand_out = _run_labeled("candidate", runnable.cut(cand_full, list(plan.targets)), cand_feeds)
+            raise VerifyError(f"candidate model: tensor(s) {', '.join(lost)} of the reference are gone")
+        cand_out = _run_labeled("candidate", part.cut(cand_full), {**cand_feeds, **part.fed})
         del cand_full
 
     if set(ref_out) != set(cand_out):
@@ -305,7 +356,8 @@ def verify(
         atol = precision.FLOAT32_ATOL if atol is None else atol
     precisions = {} if given else precision.output_precisions(ref_model)
     reduced = [n for n, p in precisions.items() if p.reduced and n in ref_out]
-    noise = _noise(_load_full(reference) if plan is None else ref_model, inputs, ref_out, reduced) if reduced else {}
+    noise_inputs = {**inputs, **part.fed} if part is not None else inputs
+    noise = _noise(_load_full(reference) if plan is None else ref_model, noise_inputs, ref_out, reduced) if reduced else {}
     diffs = []
     for name, r in ref_out.items():
         c = cand_out[name]
@@ -332,4 +384,5 @@ def verify(
         seed=int(seed),
         unverifiable=dict(plan.unverifiable) if plan else {},
         blocked=list(plan.blocked) if plan else [],
+        fed=sorted(part.fed) if part is not None else [],
     )

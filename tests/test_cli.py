@@ -283,14 +283,22 @@ def test_report_flags_uneven_channel_ranges(tmp_path, capsys):
 
 
 def _custom_op_model(path, on_input: bool):
-    """Conv -> MyOp (com.example), or with ``on_input`` MyOp -> Conv (nothing onnxruntime can check)."""
+    """Conv -> MyOp (com.example); with ``on_input``, MyOp with an integer output (like NMS indices:
+    not fed with random values) -> Cast -> Conv: nothing onnxruntime can check."""
     w = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "W")
-    conv_in, op_in, out = ("t", "x", "y") if on_input else ("x", "y", "z")
-    nodes = [helper.make_node("Conv", [conv_in, "W"], ["y"], pads=[1, 1, 1, 1]),
-             helper.make_node("MyOp", [op_in], ["t" if on_input else "z"], domain="com.example", alpha=0.5)]
-    graph = helper.make_graph(nodes[::-1] if on_input else nodes, "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+    if on_input:
+        nodes = [helper.make_node("MyOp", ["x"], ["t"], domain="com.example", alpha=0.5),
+                 helper.make_node("Cast", ["t"], ["tf"], to=TensorProto.FLOAT),
+                 helper.make_node("Conv", ["tf", "W"], ["y"], pads=[1, 1, 1, 1])]
+        out = "y"
+    else:
+        nodes = [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1]),
+                 helper.make_node("MyOp", ["y"], ["z"], domain="com.example", alpha=0.5)]
+        out = "z"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    if on_input:
+        graph.value_info.append(helper.make_tensor_value_info("t", TensorProto.INT64, [1, 4, 8, 8]))
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                       helper.make_opsetid("com.example", 1)]), path)
 
@@ -319,7 +327,7 @@ def test_custom_op_model_with_nothing_verifiable_needs_no_verify(tmp_path, capsy
     assert not out.exists()
     code, _, _ = _run(["optimize", src, out, "-q", "--no-verify"], capsys)
     assert code == 0
-    assert [n.op_type for n in onnx.load(out).graph.node] == ["MyOp", "Conv"]
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["MyOp", "Cast", "Conv"]
 
 
 def test_max_sweeps_limit_is_reported(tmp_path, capsys):

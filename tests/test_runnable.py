@@ -60,13 +60,35 @@ def test_verify_compares_what_onnxruntime_can_run():
     bad.graph.initializer.append(numpy_helper.from_array(np.zeros((4, 4, 3, 3), np.float32), "w2"))
     r2 = verify(m, bad)
     assert not r2.passed and [o.name for o in r2.outputs if not o.passes()] == ["b"]
-    # nothing computable before the plugin: an error that says so
-    only = _chain()
-    only.graph.node[1].input[0] = "x"
-    del only.graph.node[4]
-    del only.graph.output[1]
+    # nothing computable before the custom op: its output is fed (shape and dtype of its input) and the
+    # conv after it compared; the TensorRT plugin is found blocked on the way
+    fed = _chain()
+    fed.graph.node[1].input[0] = "x"
+    del fed.graph.node[4]
+    del fed.graph.output[1]
+    r3 = verify(fed, fed)
+    assert r3.passed and r3.fed == ["p"] and sorted(o.name for o in r3.outputs) == ["a", "b"]
+    assert r3.blocked == ["MyOp 'first'", "EfficientNMS_TRT 'second'"]
+    # an integer output (an NMS index) is not fed: nothing left to compare is an error that says so
+    fed.graph.value_info.append(helper.make_tensor_value_info("p", T.INT64, [1, 4, 6, 6]))
+    fed.graph.node[2].input[0] = "pf"
+    fed.graph.node.insert(2, helper.make_node("Cast", ["p"], ["pf"], to=T.FLOAT))
+    fed.graph.node[4].input[1] = "b"
     with pytest.raises(VerifyError, match="cannot run any graph output"):
-        verify(only, only)
+        verify(fed, fed)
+
+
+def test_downstream_of_a_custom_op_is_compared_with_fed_values():
+    """conv_a -> MyOp -> conv_b -> EfficientNMS_TRT: conv_b's output is compared, fed the same values."""
+    m = _chain()
+    r = verify(m, m)
+    assert r.passed and r.fed == ["p"] and sorted(o.name for o in r.outputs) == ["a", "b", "side"]
+    wrong = _chain()
+    wrong.graph.node[2].attribute[0].CopyFrom(helper.make_attribute("pads", [1, 1, 1, 1]))
+    wrong.graph.node[2].input[1] = "w2"
+    wrong.graph.initializer.append(numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w2"))
+    r2 = verify(m, wrong)
+    assert [o.name for o in r2.outputs if not o.passes()] == ["b"]
 
 
 def test_unknown_default_domain_ops_load_and_the_rest_is_still_checked(tmp_path):
