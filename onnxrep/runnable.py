@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -23,6 +23,8 @@ from onnx import defs, helper
 
 from .graph.foreign import ONNX_DOMAINS, onnx_opset
 from .graph.shapes import inferred_shapes
+from .inputs import VerifyError
+from .runtime import run
 
 #: a node onnxruntime refuses, as its messages name it
 _NODE_NAMED = [re.compile(r"node with name '([^']*)'"), re.compile(r'In Node, \("([^"]*)", (\w+)'),
@@ -252,3 +254,70 @@ def statically_blocked(model: onnx.ModelProto) -> set[tuple[str, ...]]:
     """Nodes whose op neither ONNX nor onnxruntime defines."""
     opset = onnx_opset(model)
     return {node_key(n) for n in model.graph.node if not known_to_runtime(n, opset)}
+
+
+# ------------------------------------------------------------------ running the part
+@dataclass
+class Partial:
+    """The part of the reference onnxruntime ran: what was compared, its outputs, the cut model, and
+    the values fed for outputs of blocked nodes (``fed_values``) with their declarations."""
+    plan: Plan
+    outputs: dict
+    model: onnx.ModelProto | None
+    fed: dict = field(default_factory=dict)
+
+    def cut_from(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """This part of ``model`` (the reference, or the optimized model: same tensor names)."""
+        return cut(model, list(self.plan.targets), {k: declaration(k, v) for k, v in self.fed.items()})
+
+
+def run_partial(full: onnx.ModelProto, inputs: Mapping[str, Any], error: VerifyError, seed: int) -> Partial:
+    """Run the largest part of ``full`` onnxruntime can (module doc), after ``error`` from the whole."""
+    blocked = statically_blocked(full)
+    blocked |= {node_key(n) for n in refused_nodes(str(error), full)}
+    if not blocked:
+        raise VerifyError(f"reference model: {error}")
+    try:
+        part = _run_refusing(full, blocked, lambda: Partial(plan(full, blocked), {}, None), inputs)
+    except VerifyError as e:
+        raise VerifyError(f"reference model: {e}") from e
+    part = _past_blocked(full, blocked, part, inputs, seed)
+    if not part.plan.targets:
+        raise VerifyError(f"onnxruntime cannot run any graph output or the inputs of {', '.join(part.plan.blocked)}")
+    return part
+
+
+def _run_refusing(full: onnx.ModelProto, blocked: set, make: Callable[[], Partial], inputs: Mapping[str, Any]
+                  ) -> Partial:
+    """``make()`` a part and run it; a node onnxruntime refuses joins ``blocked`` (in place) and the
+    part is made again. VerifyError when a refusal names no new node."""
+    for _ in range(MAX_REFUSALS):
+        part = make()
+        if not part.plan.targets:
+            return part
+        part.model = part.cut_from(full)
+        try:
+            part.outputs = run(part.model, {**inputs, **part.fed})
+            return part
+        except VerifyError as e:
+            new = {node_key(n) for n in refused_nodes(str(e), full)} - blocked
+            if not new:
+                raise
+            blocked |= new
+    raise VerifyError(f"onnxruntime refused more than {MAX_REFUSALS} nodes")
+
+
+def _past_blocked(full: onnx.ModelProto, blocked: set, part: Partial, inputs: Mapping[str, Any],
+                  seed: int) -> Partial:
+    """Extend ``part`` past the blocked nodes: their float outputs get the same seeded random values in
+    both models, and what is computed from them is compared too. ``part`` if that cannot run."""
+    known, blocked = {**inputs, **part.outputs}, set(blocked)
+
+    def make() -> Partial:
+        fed = fed_values(full, blocked, known, seed)
+        return Partial(plan(full, blocked, fed), {}, None, fed)
+    try:
+        wider = _run_refusing(full, blocked, make, inputs)
+    except VerifyError:  # e.g. a shape guessed for a plugin's output that is not its real one
+        return part
+    return wider if len(wider.plan.targets) > len(part.plan.targets) else part

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -214,70 +214,6 @@ def _load_full(model: ModelLike) -> onnx.ModelProto:
         raise VerifyError(f"cannot load model {os.fspath(model)!r}: {first_line(e)}") from e
 
 
-@dataclass
-class _Partial:
-    """The part of the reference onnxruntime ran: what was compared, its outputs, the cut model, and
-    the values fed for outputs of blocked nodes (``runnable.fed_values``) with their declarations."""
-    plan: runnable.Plan
-    outputs: dict
-    model: onnx.ModelProto
-    fed: dict = field(default_factory=dict)
-
-    def cut(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        return runnable.cut(model, list(self.plan.targets),
-                            {k: runnable.declaration(k, v) for k, v in self.fed.items()})
-
-
-def _run_partial(reference: ModelLike, inputs: Mapping[str, Any], error: VerifyError, seed: int) -> _Partial:
-    """Run the largest part of ``reference`` onnxruntime can (module doc)."""
-    full = _load_full(reference)
-    blocked = runnable.statically_blocked(full)
-    blocked |= {runnable.node_key(n) for n in runnable.refused_nodes(str(error), full)}
-    if not blocked:
-        raise VerifyError(f"reference model: {error}")
-    part = _run_refusing(full, blocked, lambda: _Partial(runnable.plan(full, blocked), {}, None), inputs)
-    part = _past_blocked(full, blocked, part, inputs, seed)
-    if not part.plan.targets:
-        raise VerifyError(f"onnxruntime cannot run any graph output or the inputs of {', '.join(part.plan.blocked)}")
-    return part
-
-
-def _run_refusing(full: onnx.ModelProto, blocked: set, make: Callable[[], _Partial], inputs: Mapping[str, Any]
-                  ) -> _Partial:
-    """``make()`` a part and run it; a node onnxruntime refuses joins ``blocked`` (in place) and the
-    part is made again. VerifyError when a refusal names no new node."""
-    for _ in range(runnable.MAX_REFUSALS):
-        part = make()
-        if not part.plan.targets:
-            return part
-        part.model = part.cut(full)
-        try:
-            part.outputs = run(part.model, {**inputs, **part.fed})
-            return part
-        except VerifyError as e:
-            new = {runnable.node_key(n) for n in runnable.refused_nodes(str(e), full)} - blocked
-            if not new:
-                raise
-            blocked |= new
-    raise VerifyError(f"onnxruntime refused more than {runnable.MAX_REFUSALS} nodes")
-
-
-def _past_blocked(full: onnx.ModelProto, blocked: set, part: _Partial, inputs: Mapping[str, Any],
-                  seed: int) -> _Partial:
-    """Extend ``part`` past the blocked nodes: their float outputs get the same seeded random values in
-    both models, and what is computed from them is compared too. ``part`` if that cannot run."""
-    known, blocked = {**inputs, **part.outputs}, set(blocked)
-
-    def make() -> _Partial:
-        fed = runnable.fed_values(full, blocked, known, seed)
-        return _Partial(runnable.plan(full, blocked, fed), {}, None, fed)
-    try:
-        wider = _run_refusing(full, blocked, make, inputs)
-    except VerifyError:  # e.g. a shape guessed for a plugin's output that is not its real one
-        return part
-    return wider if len(wider.plan.targets) > len(part.plan.targets) else part
-
-
 def _noise(reference: onnx.ModelProto, inputs: Mapping[str, Any], ref_out: Mapping[str, np.ndarray],
            names: list[str]) -> dict[str, float]:
     """``max |ref - ref evaluated in float32|`` per output; {} when the widened model cannot run."""
@@ -329,7 +265,7 @@ def verify(
         ref_out = run(reference, inputs)
         ref_model = load_graph_only(reference)
     except VerifyError as exc:
-        part = _run_partial(reference, inputs, exc, seed)
+        part = runnable.run_partial(_load_full(reference), inputs, exc, seed)
         ref_out, ref_model = part.outputs, part.model
     plan = part.plan if part is not None else None
     if part is None:
@@ -340,7 +276,7 @@ def verify(
         lost = [t for t in list(plan.targets) + list(part.fed) if t not in produced]
         if lost:
             raise VerifyError(f"candidate model: tensor(s) {', '.join(lost)} of the reference are gone")
-        cand_out = _run_labeled("candidate", part.cut(cand_full), {**cand_feeds, **part.fed})
+        cand_out = _run_labeled("candidate", part.cut_from(cand_full), {**cand_feeds, **part.fed})
         del cand_full
 
     if set(ref_out) != set(cand_out):
