@@ -76,3 +76,14 @@ def declined_once(model: onnx.ModelProto, rule_name: str):
     record = rule(rep, rule_name)
     assert record.rewrites == 0 and len(record.declines) == 1, record.declines
     return out, rep, record.declines[0]
+
+
+def tensor_values(model: onnx.ModelProto, names: list[str], inputs: dict) -> list:
+    """The tensors ``names`` of ``model`` (graph outputs or not) on ``inputs``, from onnxruntime."""
+    from onnxrep.verification import run
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    declared = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in declared)
+    out = run(m, inputs)
+    return [out[n] for n in names]

@@ -403,6 +403,13 @@ def test_pad_pointwise_value_far_from_bias_raises():
         pad_pointwise(conv, (0, 0, 0, 1), conv.bias + 1e-3)
 
 
+def test_pad_pointwise_value_per_channel_of_another_tensor_raises():
+    """A border value per channel of another tensor (3 values for 4 channels) is declined, not broadcast."""
+    conv = rand_conv(np.random.default_rng(12), 3, 4, 1, (1, 1))
+    with not_representable("channels"):
+        pad_pointwise(conv, (1, 1, 1, 1), conv.bias[:3])
+
+
 def test_pad_pointwise_accepts_float32_rounded_value():
     """Exporters write BN(0) computed in float32: accept it, and the result is still within
     float32 rounding of the hand-filled border."""

@@ -91,7 +91,10 @@ def pad_pointwise(conv: ConvForm, pads, value, rtol: float = 1e-5) -> ConvForm:
         raise NotRepresentable("pads do not match the spatial rank", code="rank")
     _check_no_pad_after_crop(conv.pads, pads)
     if any(p > 0 for p in pads):  # a crop (negative pads) writes no border
-        border = np.broadcast_to(f64(value).reshape(-1), (conv.out_channels,))
+        value = f64(value).reshape(-1)
+        if value.size not in (1, conv.out_channels):
+            raise NotRepresentable(f"{value.size} padding values for {conv.out_channels} channels", code="channels")
+        border = np.broadcast_to(value, (conv.out_channels,))
         bias = f64(conv.bias)
         # exporters compute the border value in the model's precision: compare at that level,
         # relative to the size of the map's outputs (|bias| + the largest row sum of |W|)

@@ -1,4 +1,4 @@
-"""Exported border fills (DBB's BNAndPadLayer) rewritten to the canonical ``Pad(y - v) + v``.
+"""Exported border fills (DBB's BNAndPadLayer) rewritten to one exact ``pad(y, p, v)``.
 
 DBB pads the output ``y`` of a 1x1 conv + BN with ``p`` pixels whose value is the per-channel
 ``v = BN(0)``. In PyTorch that is ``F.pad`` then four in-place writes; exporters emit a Pad and
@@ -13,9 +13,13 @@ single-exit region ``Q = f(y)`` made of such nodes and proves ``f(y) = pad(y, p,
   running the graph in onnxruntime on two random inputs: ``Q`` must equal ``y`` bit for bit
   inside, and a per-channel constant ``v`` (the same in both runs) on the border.
 
-The region is then replaced by ``Add(Pad(Sub(y, v), p, 0), v)``, which the linear-region rule
-folds exactly into the convs around it (``Pad`` of a pointwise map whose value at zero is 0).
-Regions that cannot be proven are left alone with the reason in ``--explain``.
+The region is then replaced by ``pad(y, p, v)`` written without arithmetic, so that it is exact in
+any precision: ``Pad(y, p, v)`` when ``v`` is one value, else ``Where(inside, Pad(y, p, 0), v)``.
+The linear-region rule reads either as one Pad by ``v`` and merges it into the pointwise map that
+computes ``y`` when ``v`` is that map's value at zero (DBB); otherwise it stays as written. (The
+earlier form ``Add(Pad(Sub(y, v), p, 0), v)`` computed ``y - v + v`` wherever it was not merged: in
+float16 up to half an ulp of ``|v|`` per element.) Regions that cannot be proven are left alone
+with the reason in ``--explain``.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from ..algebra import NotRepresentable
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..graph.io import first_line
 from ..rule import Pass
-from .linear_ops import spatial_pads
+from .linear_ops import bn_form, constant_affine, conv_form, inside_mask, spatial_pads
 
 #: ops whose output elements are copies of input elements or of constants (scatters only
 #: without a ``reduction``: ``max``/``min``/``add``/``mul`` compute on the data)
@@ -168,7 +172,7 @@ class CanonicalizeBorderFill(Pass):
                     ctx.decline(pad, str(exc))
                 continue
             if len(region) < 2:
-                continue  # Pad + one node: the canonical form (3 nodes) would not be smaller
+                continue  # Pad + one node: the exact form (1 or 2 nodes) would hardly be smaller
             if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
                 ctx.decline(pad, "border fill after Pad: spatial size is dynamic, "
                                             "its semantics cannot be proven")
@@ -179,31 +183,41 @@ class CanonicalizeBorderFill(Pass):
             candidates.append((pad, pads, y, region, exit_))
         if not candidates:
             return
-        try:
-            observed = self._probe(ctx, [(c[2], c[4]) for c in candidates])
-        except Exception as exc:  # the graph could not be run: nothing proven
-            for c in candidates:
-                ctx.decline(c[0], f"border fill could not be evaluated: {first_line(exc)}")
-            return
-        for (pad, pads, y, region, exit_), runs in zip(candidates, observed):
+        proven = self._proven(ctx, candidates)
+        for pad, pads, y, region, exit_ in candidates:
+            if id(pad) not in proven:
+                continue
+            v = proven[id(pad)]
+            added = fill_params(y, pads, v) - freed_params(ctx, [pad] + region)
+            if added > 0 and not may_merge(ctx, y):  # asked each sweep: y's producer may become a conv
+                ctx.decline(pad, f"border fill left as it is: its exact form would add {added} parameters, and "
+                                 f"it cannot be merged (only after a private Conv, BatchNormalization or "
+                                 f"constant affine)")
+                continue
+            b = Builder(ctx, pad.name or "border")
+            write_fill(b, y, pads, v, exit_)
+            ctx.replace([pad] + region, b.nodes, at=pad)
+
+    def _proven(self, ctx: GraphContext, candidates) -> dict[int, np.ndarray]:
+        """``id(pad) -> v`` (in ``y``'s dtype) for the candidates proven equal to ``pad(y, p, v)``; the
+        others are declined. The evaluation is the costly part: done once per Pad."""
+        proven = ctx.memory.setdefault("proven", {})  # id(pad) -> (pad, v)
+        unproven = ctx.memory["unproven"]
+        todo = [c for c in candidates if id(c[0]) not in proven]
+        observed = []
+        if todo:
             try:
-                v = border_values(runs, pads)
+                observed = self._probe(ctx, [(c[2], c[4]) for c in todo])
+            except Exception as exc:  # the graph could not be run: nothing proven
+                for c in todo:
+                    ctx.decline(c[0], f"border fill could not be evaluated: {first_line(exc)}")
+        for (pad, pads, *_), runs in zip(todo, observed):
+            try:
+                proven[id(pad)] = (pad, border_values(runs, pads).astype(runs[0][0].dtype))
             except NotRepresentable as exc:
                 unproven[id(pad)] = (pad, str(exc))
                 ctx.decline(pad, str(exc))
-                continue
-            b = Builder(ctx, pad.name or "border")
-            rank = len(y.shape)
-            vv = v.reshape((1, -1) + (1,) * (rank - 2)).astype(runs[0][0].dtype)
-            const_v = b.const("border_value", vv)
-            (shifted,) = b.op("Sub", [y, const_v])
-            shifted.dtype = y.dtype
-            full_pads = [0, 0] + list(pads[:rank - 2]) + [0, 0] + list(pads[rank - 2:])
-            (padded,) = b.op("Pad", [shifted, b.const("pads", np.asarray(full_pads, np.int64))],
-                             attrs={"mode": "constant"})
-            padded.dtype = y.dtype
-            b.op("Add", [padded, const_v], outputs=[exit_])
-            ctx.replace([pad] + region, b.nodes, at=pad)
+        return {id(c[0]): proven[id(c[0])][1] for c in candidates if id(c[0]) in proven}
 
     def _probe(self, ctx: GraphContext, pairs):
         from ..verification import make_inputs, run
@@ -228,6 +242,67 @@ class CanonicalizeBorderFill(Pass):
             out = run(model, make_inputs(model, seed=1234 + seed))
             runs.append(out)
         return [[(r[y.name], r[q.name]) for r in runs] for y, q in pairs]
+
+
+def write_fill(b: Builder, y: gs.Tensor, pads, v: np.ndarray, out: gs.Tensor) -> None:
+    """``out = pad(y, pads, v)`` (``v`` per channel, in ``y``'s dtype) with no arithmetic, so exact
+    in any precision: every element is a copy of ``y`` or of ``v``.
+
+    ``Pad(y, pads, v)`` when ``v`` is one value; else ``Where(inside, Pad(y, pads, 0), v)``, whose
+    mask is ``True`` exactly where ``Pad`` put ``y`` (``linear_ops.border_write`` reads it back).
+    """
+    n = len(y.shape) - 2
+    full_pads = b.const("pads", np.asarray([0, 0] + list(pads[:n]) + [0, 0] + list(pads[n:]), np.int64))
+    if np.all(v == v[0]):
+        b.op("Pad", [y, full_pads, b.const("value", np.asarray(v[0]))], outputs=[out], attrs={"mode": "constant"})
+        return
+    spatial = tuple(y.shape[2 + i] + pads[i] + pads[n + i] for i in range(n))
+    (padded,) = b.op("Pad", [y, full_pads], attrs={"mode": "constant"})
+    padded.dtype, padded.shape = y.dtype, list(y.shape[:2]) + list(spatial)
+    inside = b.const("inside", inside_mask(spatial, pads).reshape((1, 1) + spatial))
+    b.op("Where", [inside, padded, b.const("border_value", v.reshape((1, -1) + (1,) * n))], outputs=[out])
+
+
+def fill_params(y: gs.Tensor, pads, v: np.ndarray) -> int:
+    """Parameters ``write_fill`` adds: the pads and ``v``, and for a per-channel ``v`` the mask."""
+    if np.all(v == v[0]):
+        return len(y.shape) * 2 + 1
+    n = len(pads) // 2
+    return len(y.shape) * 2 + v.size + int(np.prod([y.shape[2 + i] + pads[i] + pads[n + i] for i in range(n)]))
+
+
+def freed_params(ctx: GraphContext, nodes: list[gs.Node]) -> int:
+    """Parameters (initializers, Constant nodes) that only ``nodes`` read: gone once they are replaced."""
+    ids = {id(n) for n in nodes}
+    freed, seen = 0, set()
+    for node in nodes:
+        for t in node.inputs:
+            info = ctx.stored_constant_info(t)
+            if info is None or id(t) in seen or ctx.is_graph_output(t):
+                continue
+            seen.add(id(t))
+            if all(id(r) in ids for r in t.outputs):
+                freed += int(np.prod(info[0], dtype=np.int64))
+    return freed
+
+
+def may_merge(ctx: GraphContext, y: gs.Tensor) -> bool:
+    """Whether ``pad(y, p, v)`` can become part of a conv at all: ``pad(F(x), p, F(0)) = F'(pad0(x, p))``
+    needs ``y = F(x)`` the private output of a linear op with constant parameters (a Conv, a
+    BatchNormalization, an affine by constants); the region collapse decides whether it does."""
+    node = ctx.producer(y)
+    if node is None or not is_onnx_op(node) or not ctx.is_private(y):
+        return False
+    try:
+        if node.op == "Conv":
+            conv_form(ctx, node)
+        elif node.op == "BatchNormalization":
+            bn_form(ctx, node)
+        else:
+            return constant_affine(ctx, node) is not None
+    except NotRepresentable:
+        return False
+    return True
 
 
 def border_values(runs, pads) -> np.ndarray:

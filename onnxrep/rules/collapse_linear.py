@@ -13,6 +13,9 @@ tensor from its producer:
 * ``AveragePool(u)``                ``F = avgpool ∘ F_u`` (a depthwise conv; ``count_include_pad`` or no pads)
 * ``Pad(u, p, v)``, ``Slice(u)``    ``F = F_u`` with wider / narrower pads, when ``F_u`` is pointwise and
                                   ``v = F_u(0)`` (DBB's BN-and-pad border; a zero Pad before a conv)
+* ``Where(inside, Pad(u, p, 0), v)`` one op, ``pad(u, p, v)`` with a per-channel ``v`` (the border fill
+                                  ``canonicalize-border-fill`` writes): as ``Pad(u, p, v)``; left as it
+                                  is unless merged, so the border stays exactly ``v``
 * ``conv2(conv1(u))``             1x1 -> KxK and KxK -> 1x1 sequences compose into one conv
 
 **Exact is not enough.** A merge can cost more than its parts (a depthwise KxK and a 1x1
@@ -38,10 +41,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..algebra import AffineForm, NotRepresentable, avgpool, pad_pointwise
+from ..cost import ZERO
 from ..graph import GraphContext, is_onnx_op
 from ..rule import Pass
-from .linear_ops import (activation_scale, avgpool_params, bn_form, constant_affine, conv_form, spatial_crop,
-                         spatial_pads)
+from .linear_ops import (activation_scale, avgpool_params, bn_form, border_write, constant_affine, conv_form,
+                         spatial_crop, spatial_pads)
 from .region_costs import RegionCosts
 from .region_plans import (Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
                            precision_rtol, prune, then)
@@ -130,6 +134,10 @@ class _Walk:
                 if op == "AveragePool":
                     return self.avgpool(node)
                 if op == "Pad":
+                    fill = border_write(self.ctx, node)
+                    if fill is not None:  # Pad + Where: one pad(u, p, v) with a per-channel v
+                        where, pads, value = fill
+                        return self.reshape_border(node, pads, value, nodes=[node, where])
                     return self.reshape_border(node, *spatial_pads(self.ctx, node))
                 return self.reshape_border(node, spatial_crop(self.ctx, node), None)
             except NotRepresentable:
@@ -150,9 +158,10 @@ class _Walk:
                 return self.branch_sum(node, -1.0 if op == "Sub" else 1.0)
         return None
 
-    def extended(self, inner: Region, node: gs.Node, step, affine, convs: int, dtype) -> tuple[list[Plan], Exception]:
-        """Every plan of ``inner`` followed by ``node``: ``step`` on a one-term plan; an ``affine`` also
-        distributes over the terms of a sum kept apart."""
+    def extended(self, inner: Region, nodes: list[gs.Node], step, affine, convs: int, dtype
+                 ) -> tuple[list[Plan], Exception]:
+        """Every plan of ``inner`` followed by ``nodes`` (one op): ``step`` on a one-term plan; an
+        ``affine`` also distributes over the terms of a sum kept apart."""
         plans, error = [], None
         for p in inner.plans:
             try:
@@ -165,36 +174,41 @@ class _Walk:
             except NotRepresentable as exc:
                 error = error or exc
                 continue
-            plans.append(Plan(p.root, terms, p.nodes + [node], p.below, p.closed, p.convs + convs,
+            plans.append(Plan(p.root, terms, p.nodes + nodes, p.below, p.closed, p.convs + convs,
                               p.dtype if p.dtype is not None else dtype, p.kept, p.why))
         return plans, error
 
     def unary(self, node: gs.Node, step=None, own=None, convs: int = 0, dtype=None, x: gs.Tensor | None = None,
-              affine: AffineForm | None = None) -> Region:
+              affine: AffineForm | None = None, nodes: list[gs.Node] | None = None) -> Region:
         """Plans for ``node`` applied to ``x``: every plan of ``x`` extended by ``step`` (or ``affine``),
-        and the cut (``x``'s region written on its own, ``node`` starting a segment with form ``own``)."""
+        and the cut (``x``'s region written on its own, ``node`` starting a segment with form ``own``).
+        ``nodes``: the nodes read as this one op (``[node]`` unless given), the last one's output its result."""
         x = node.inputs[0] if x is None else x
+        nodes = nodes or [node]
         if affine is not None:
             step, own = (lambda f: then(f, affine)), affine
         if own is None:
             own = step(AffineForm.identity())
-        out = node.outputs[0]
+        out = nodes[-1].outputs[0]
         inner = self.operand(x)
         if inner is None:
-            return Region(out, [Plan(x, (own,), [node], convs=convs, dtype=dtype)])
-        plans, error = self.extended(inner, node, step, affine, convs, dtype)
+            return Region(out, [Plan(x, (own,), nodes, convs=convs, dtype=dtype)])
+        plans, error = self.extended(inner, nodes, step, affine, convs, dtype)
         if not plans:
             self.ctx.decline(node, f"not merged with its input region: {error}")
-        cut = Plan(x, (own,), [node], (inner,), self.costs.total(inner), convs, dtype)
+        cut = Plan(x, (own,), nodes, (inner,), self.costs.total(inner), convs, dtype)
         return Region(out, prune(plans + [cut], lambda p: self.costs.plan_cost(p, out), cut), cut)
 
-    def kept(self, node: gs.Node, *operands: Region | None) -> Plan:
-        """``node`` left as it is, its operands' regions written on their own: a plan rooted at its output."""
+    def kept(self, nodes: list[gs.Node], *operands: Region | None) -> Plan:
+        """``nodes`` (one op) left as they are, their operands' regions written on their own: a plan
+        rooted at the last node's output."""
         below = tuple(r for r in operands if r is not None)
-        closed = self.costs.node_cost(node)
+        closed = ZERO
+        for n in nodes:
+            closed = closed + self.costs.node_cost(n)
         for r in below:
             closed = closed + self.costs.total(r)
-        return Plan(node.outputs[0], (AffineForm.identity(),), [], below, closed, 0, None, (node,))
+        return Plan(nodes[-1].outputs[0], (AffineForm.identity(),), [], below, closed, 0, None, tuple(nodes))
 
     def avgpool(self, node: gs.Node) -> Region:
         kernel, strides, pads, include_pad = avgpool_params(node)
@@ -207,9 +221,14 @@ class _Walk:
         pool = avgpool(channels, kernel, strides, pads, include_pad)
         return self.unary(node, lambda f: then(f, pool), own=pool)
 
-    def reshape_border(self, node: gs.Node, pads, value) -> Region:
-        """Pad (``value`` given) or crop (``value`` None) of a pointwise form's output."""
+    def reshape_border(self, node: gs.Node, pads, value, nodes: list[gs.Node] | None = None) -> Region:
+        """Pad (``value`` given: a scalar, or one per channel) or crop (``value`` None) of a pointwise
+        form's output; ``nodes``: the nodes that compute it (``[node]`` unless given).
+
+        ``pad(F(x), p, v) = F'(pad0(x, p))`` (``F`` with pads ``+ p``) when ``v = F(0)``; by any other
+        value the pad is not linear, and is left as it is unless merged with ``F``."""
         x = node.inputs[0]
+        nodes = nodes or [node]
         rtol = precision_rtol(x.dtype)
 
         def step(form):
@@ -219,17 +238,17 @@ class _Walk:
 
         inner = self.operand(x)
         if inner is None:
-            return self.unary(node, step)
+            return self.unary(node, step, nodes=nodes)
         try:
             own = step(AffineForm.identity())
         except NotRepresentable:  # a Pad by a non-zero value: only a merge makes it linear
-            plans, error = self.extended(inner, node, step, None, 0, None)
+            plans, error = self.extended(inner, nodes, step, None, 0, None)
             if not plans:
                 raise error
-            out = node.outputs[0]
-            kept = self.kept(node, inner)
+            out = nodes[-1].outputs[0]
+            kept = self.kept(nodes, inner)
             return Region(out, prune(plans + [kept], lambda p: self.costs.plan_cost(p, out), kept), kept)
-        return self.unary(node, step, own=own)
+        return self.unary(node, step, own=own, nodes=nodes)
 
     def pass_through(self, node: gs.Node) -> Region | None:
         if node.op == "Dropout" and len(node.inputs) > 2 and not self.ctx.is_absent(node.inputs[2]):
@@ -268,7 +287,7 @@ class _Walk:
                 self.ctx.decline(node, f"branches read different tensors "
                                                   f"('{plans_a[0].root.name}', '{plans_b[0].root.name}')")
             return None
-        apart = self.kept(node, ra, rb)
+        apart = self.kept([node], ra, rb)
         return Region(out, prune(merged + [apart], lambda p: self.costs.plan_cost(p, out), apart), apart)
 
     # ------------------------------------------------------------- rewrite

@@ -197,6 +197,52 @@ def spatial_pads(ctx: GraphContext, node: gs.Node) -> tuple[tuple[int, ...], flo
     return tuple(full[2:rank] + full[rank + 2:]), value
 
 
+def inside_mask(padded: tuple[int, ...], pads) -> np.ndarray:
+    """``True`` where ``pad(y, pads)`` of spatial size ``padded`` holds ``y``, ``False`` on its border."""
+    n = len(padded)
+    inside = np.zeros(padded, bool)
+    inside[tuple(slice(pads[i], padded[i] - pads[n + i]) for i in range(n))] = True
+    return inside
+
+
+def border_write(ctx: GraphContext, pad: gs.Node) -> tuple[gs.Node, tuple[int, ...], np.ndarray] | None:
+    """``(where, pads, v)`` when ``pad`` is a zero Pad read only by ``where = Where(inside, pad, v)``
+    with ``inside`` exactly the unpadded area and ``v`` a scalar or per-channel constant; ``None``
+    otherwise.
+
+    Then ``where = pad(y, pads, v)`` exactly, with no arithmetic: every element is a copy of ``y``
+    or of ``v`` (the form ``canonicalize-border-fill`` writes for a per-channel border value).
+    """
+    try:
+        pads, value = spatial_pads(ctx, pad)
+    except NotRepresentable:
+        return None
+    out = pad.outputs[0]
+    if value != 0 or min(pads) < 0 or not any(pads) or not ctx.is_private(out):
+        return None
+    where = out.outputs[0]
+    if where.op != "Where" or len(where.inputs) != 3 or where.inputs[1] is not out or not is_onnx_op(where):
+        return None
+    inside, v = ctx.constant(where.inputs[0]), ctx.constant(where.inputs[2])
+    shape = out.shape
+    n = len(pads) // 2
+    if inside is None or v is None or inside.dtype != bool or shape is None or len(shape) != n + 2:
+        return None
+    spatial = tuple(shape[2:])
+    if inside.ndim > n + 2 or any(d != 1 for d in inside.shape[:-n]) or tuple(inside.shape[-n:]) != spatial:
+        return None  # a mask that broadcasts the output up, or that the spatial size does not give
+    if not np.array_equal(inside.reshape(spatial), inside_mask(spatial, pads)):
+        return None
+    try:
+        vec, rank, min_rank = channel_constant(v)
+        AffineForm(vec, vec, rank, min_rank).check_rank(n + 2)
+    except NotRepresentable:
+        return None
+    if vec.ndim and vec.size != shape[1]:
+        return None  # not one value per channel of the padded tensor
+    return where, pads, vec
+
+
 def spatial_crop(ctx: GraphContext, node: gs.Node) -> tuple[int, ...]:
     """A Slice with step 1 on spatial axes as negative ONNX pads (a crop)."""
     x = node.inputs[0]

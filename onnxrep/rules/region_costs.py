@@ -17,10 +17,11 @@ from .linear_ops import spatial_crop, spatial_pads
 from .region_plans import ADD_NODE, Plan, Region, as_conv, channels_of, writable
 
 
-#: ops whose output has the size of their first input (elementwise on it)
+#: ops whose output has the size of their first input (elementwise on it); ``Where`` of its one
+#: non-constant input (a border fill ``Where(inside, Pad(y), v)``)
 ELEMENTWISE = {"BatchNormalization", "Mul", "Add", "Sub", "Div", "Neg", "Identity", "Dropout", "Relu", "LeakyRelu",
                "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf",
-               "Abs", "Sqrt", "Exp", "Log", "Cast"}
+               "Abs", "Sqrt", "Exp", "Log", "Cast", "Where"}
 
 
 class RegionCosts:

@@ -1334,21 +1334,9 @@ class Outcome:
 #: with unknown dims came back with shape inference's 'unk__0' names), "border-fill-growth" (Pad +
 #: one Where became Sub + Pad + Add), "io-same-tensor" (an input that is also an output lost its
 #: output declaration), "spatial-constant-crash" (a constant broadcasting along a spatial axis
-#: next to a BN crashed) and "border-probe-alias" (verification outputs aliased input buffers).
-KNOWN_BUGS: dict[str, str] = {
-    "fp16-border-roundtrip": (
-        "float16: a border fill that canonicalize-border-fill rewrites as `Add(Pad(Sub(y, v)), v)` and the region "
-        "collapse then does not absorb (the fill value is not the producer's value at zero) computes `y - v + v` "
-        "in float16, up to half an ulp of |v| per element (max abs err 0.047 at max|y| 2, tolerance 0.042); "
-        "the training form writes the border exactly. Present since the border fill landed (reproduced on the "
-        "code before this session)"),
-}
-
-
-def _fp16_border_roundtrip(case: "FuzzCase", out: onnx.ModelProto) -> bool:
-    """A float16 model whose output keeps a ``Sub(y, v)`` of a canonical border fill."""
-    return case.dtype == "float16" and any(
-        n.op_type == "Sub" and any(i.endswith("_border_value") for i in n.input) for n in out.graph.node)
+#: next to a BN crashed), "border-probe-alias" (verification outputs aliased input buffers) and
+#: "fp16-border-roundtrip" (a canonical border fill left unmerged computed y - v + v in float16).
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _only_invented_dims(before: list, after: list) -> bool:
@@ -1523,9 +1511,6 @@ def check_property(case: FuzzCase) -> Outcome:
             bad = [o for o in v.outputs if not o.passes(rtol, atol)]
             res.mismatch = ", ".join(f"{o.name}: max abs err {o.max_abs:.3g} (max|ref| {o.ref_max_abs:.3g})"
                                      for o in bad)
-            if "fp16-border-roundtrip" in KNOWN_BUGS and _fp16_border_roundtrip(case, out):
-                res.known.append("fp16-border-roundtrip")
-                res.mismatch = None
             break
     # MACs compare when every MAC-bearing node has known shapes on both sides (a custom op stops
     # shape inference: what follows it is not counted, and a rewrite may declare shapes it lacked)

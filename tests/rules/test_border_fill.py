@@ -4,11 +4,14 @@
   when its value is the producer's value at zero; reflect / edge pads never merge.
 * DBB (Diverse Branch Block): ``1x1 -> BN -> pad with BN(0) -> KxK -> BN`` plus the KxK-BN, 1x1-BN
   and ``1x1 -> BN -> pad -> AvgPool -> BN`` branches collapse to exactly one Conv (dense, grouped,
-  strided, depthwise), with the border written canonically as ``Add(Pad(Sub(y, v)), v)``.
+  strided, depthwise), with the border written as ``Add(Pad(Sub(y, v)), v)`` in the model.
 * ``canonicalize-border-fill``: legacy-exporter-like border writes (a zero Pad, then ScatterND
   writes of a per-channel constant into the four borders) are proven equal to ``pad(y, p, v)``
   and rewritten; wrong values, partial writes, data-dependent writes, dynamic spatial sizes and
   escaping tensors are left alone (with a reason) and the model still verifies.
+* Exact border fills: a proven fill that does not merge stays ``Pad(y, p, v)`` or
+  ``Where(inside, Pad(y, p, 0), v)``, bit for bit in float16 (never ``y - v + v``); it is left as
+  exported where that form would only add parameters; a ``Where`` of a zero Pad is read as one pad by v.
 * AveragePool with ``count_include_pad=0`` and pads, or ``ceil_mode=1``, is not a conv.
 * Real exports of ``dbb_tiny`` in the three torch export modes reach deploy parity.
 
@@ -23,7 +26,8 @@ import pytest
 from onnx import helper
 
 from onnx_builders import GraphBuilder, initializer, node_ops, op_histogram
-from checks import COLLAPSE, assert_verifies, attr, conv_nodes, reasons, declined_once, rule, run_opt
+from checks import (COLLAPSE, assert_verifies, attr, conv_nodes, reasons, declined_once, rule, run_opt,
+                    tensor_values)
 from onnxrep import optimize, verify
 
 BORDER = "canonicalize-border-fill"
@@ -291,8 +295,8 @@ def test_scatter_border_dbb_block_collapses_to_one_conv(depthwise):
     assert_one_conv(out, 3, 1, c if depthwise else 1, [1, 1, 1, 1])
     border = rule(rep, BORDER)
     assert border.rewrites == n_pads and not border.declines
-    # each region is Pad + 4 ScatterND, rewritten to Sub + Pad + Add: 2 nodes fewer
-    assert border.nodes_removed == 2 * n_pads
+    # each region is Pad + 4 ScatterND, rewritten to Pad + Where (BN(0) differs per channel): 3 nodes fewer
+    assert border.nodes_removed == 3 * n_pads
     assert_verifies(m, out)
 
 
@@ -341,8 +345,8 @@ def test_wrong_border_value_is_canonicalized_but_not_merged():
     m = g.model({X: (1, 4, 8, 8)}, ["y"])
     out, rep = run_opt(m)
     assert rule(rep, BORDER).rewrites == 1 and not rule(rep, BORDER).declines
-    # the border is now a zero Pad between two convs (Sub folded into the 1x1, Add into the KxK)
-    assert op_histogram(out) == {"Conv": 2, "Pad": 1}, node_ops(out)
+    # the border stays, written exactly (Pad + Where) between two convs: BN(0) + 0.5 is no conv's bias
+    assert op_histogram(out) == {"Conv": 2, "Pad": 1, "Where": 1}, node_ops(out)
     assert any("value at zero" in r for r in reasons(rep, COLLAPSE)), reasons(rep, COLLAPSE)
     assert_verifies(m, out)
 
@@ -527,6 +531,92 @@ def test_fp16_dbb_border_merges(style):
     res = verify(m, out)
     assert res.outputs[0].max_abs <= 2e-3 * res.outputs[0].ref_max_abs  # fp16 rounding of every step
     assert op_histogram(out) == {"Conv": 1}, node_ops(out)
+
+
+# =========================================================================== exact border fills
+def where_border(g: GraphBuilder, padded: str, shape, p: int, value) -> str:
+    """Exported-style border writes with one-axis masks: ``Where(rows, ., v)`` then ``Where(cols, ., v)``
+    on ``padded`` of static ``shape = (N, C, H+2p, W+2p)`` (H+2p + W+2p mask elements, not H'W')."""
+    n, c, hp, wp = shape
+    v = g.init(np.asarray(value, g.dtype).reshape(1, c, 1, 1))
+    rows = np.zeros((1, 1, hp, 1), bool)
+    rows[..., p:hp - p, :] = True
+    cols = np.zeros((1, 1, 1, wp), bool)
+    cols[..., p:wp - p] = True
+    for mask in (rows, cols):
+        padded = g.node("Where", [g.init(mask), padded, v])
+    return padded
+
+
+@pytest.mark.parametrize("one_value", [False, True])
+def test_fp16_border_fill_that_is_not_merged_stays_exact(one_value):
+    """A proven border fill whose value is not the producer's value at zero stays, and bit for bit:
+    ``Where(inside, Pad(y), v)`` (or ``Pad(y, p, v)`` for one value), never ``Pad(y - v) + v``, which
+    computed ``y - v + v`` in float16 (up to half an ulp of ``|v|`` per element: fp16-border-roundtrip)."""
+    g = GraphBuilder(57, dtype=np.float16)
+    y0, v = bn_with_zero(g, g.conv(X, 4, 5, 1, bias=False), 5)
+    fill = np.full(5, 24.0) if one_value else v + 24.0  # |v| >> |y|: y - v + v would round y to 1/64
+    q = scatter_border(g, pad4(g, y0, 1), (1, 5, 10, 10), 1, fill)
+    g.conv(q, 5, 6, 3, output="y")
+    m = g.model({X: (1, 4, 8, 8)}, ["y"])
+    out, rep = run_opt(m)
+    assert rule(rep, BORDER).rewrites == 1
+    assert op_histogram(out) == ({"Conv": 2, "Pad": 1} if one_value else {"Conv": 2, "Pad": 1, "Where": 1})
+    assert any("value at zero" in r for r in reasons(rep, COLLAPSE)), reasons(rep, COLLAPSE)
+    x = {X: np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float16)}
+    padded, y = tensor_values(out, [q, y0], x)
+    assert np.array_equal(padded[..., 1:-1, 1:-1].view(np.uint16), y.view(np.uint16))  # y, bit for bit
+    border = np.ones((10, 10), bool)
+    border[1:-1, 1:-1] = False
+    assert np.array_equal(padded[..., border], np.broadcast_to(fill.astype(np.float16)[None, :, None], (1, 5, 36)))
+
+
+@pytest.mark.parametrize("after", ["input", "bn"])
+def test_border_fill_is_rewritten_where_it_adds_no_parameters_or_can_merge(after):
+    """The exact form of a per-channel fill has an H'xW' mask. Written by one-axis masks (H' + W') on
+    the graph input, it cannot merge and would only add parameters: left as it is, with the reason.
+    After a 1x1 + BN with v = BN(0) it merges into the KxK conv, and the mask with it."""
+    g = GraphBuilder(58)
+    if after == "input":
+        y0, v = X, np.array([0.3, -0.2, 0.1, 0.7])
+    else:
+        y0, v = bn_with_zero(g, g.conv(X, 4, 4, 1, bias=False), 4)
+    q = where_border(g, pad4(g, y0, 1), (1, 4, 10, 10), 1, v)
+    g.conv(q, 4, 6, 3, output="y")
+    m = g.model({X: (1, 4, 8, 8)}, ["y"])
+    out, rep = run_opt(m)
+    assert rep.after.params <= rep.before.params
+    if after == "input":  # mask 100 + v 4 + pads 8, for rows 10 + cols 10 + v 4 + pads 8
+        assert rule(rep, BORDER).rewrites == 0
+        assert any("would add 80 parameters" in r for r in reasons(rep, BORDER)), reasons(rep, BORDER)
+        assert op_histogram(out) == {"Pad": 1, "Where": 2, "Conv": 1}
+    else:
+        assert rule(rep, BORDER).rewrites == 1
+        assert_one_conv(out, 3, 1, 1, [1, 1, 1, 1])
+    assert_verifies(m, out)
+
+
+@pytest.mark.parametrize("mask", ["inside", "not-inside"])
+def test_where_of_a_zero_pad_is_read_as_one_pad_by_v(mask):
+    """``Where(inside, Pad(y, p, 0), v) = pad(y, p, v)``: with v = BN(0) of the 1x1 + BN it merges like
+    DBB's border (no proof needed, nothing to canonicalize); a mask that is not exactly the unpadded
+    area is another function, and stays."""
+    g = GraphBuilder(59)
+    y0, v = bn_with_zero(g, g.conv(X, 4, 5, 1, bias=False), 5)
+    inside = np.zeros((1, 1, 10, 10), bool)
+    inside[..., 1:9, 1:9] = True
+    if mask == "not-inside":
+        inside[..., 1, 1] = False
+    q = g.node("Where", [g.init(inside), pad4(g, y0, 1), g.init(v.astype(np.float32).reshape(1, 5, 1, 1))])
+    g.conv(q, 5, 6, 3, output="y")
+    m = g.model({X: (1, 4, 8, 8)}, ["y"])
+    out, rep = run_opt(m)
+    assert rule(rep, BORDER).rewrites == 0
+    if mask == "inside":
+        assert_one_conv(out, 3, 1, 1, [1, 1, 1, 1])
+    else:
+        assert op_histogram(out) == {"Conv": 2, "Pad": 1, "Where": 1}, node_ops(out)
+    assert_verifies(m, out)
 
 
 # =========================================================================== AveragePool refusals
