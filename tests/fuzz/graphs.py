@@ -1294,11 +1294,11 @@ def model_to_script(model: onnx.ModelProto) -> str:
 
 
 # --------------------------------------------------------------------------- the property
-#: verification tolerances (max abs err <= rtol * max|ref| + atol). ORT's CPU float16 kernels
-#: compute in float32 but round every intermediate tensor to float16 (half an ulp is 2.4e-4 at
-#: 0.5, 4.9e-4 at 1), the merged model rounds once: float16 is looser, and its atol covers an
-#: output that is small only after a Relu of O(1) values (an extra Relu output)
-TOLERANCES = {"float32": (1e-4, 1e-5), "float16": (2e-2, 2e-3)}
+#: the float16 acceptance bound of issue 8 (a statistic of the long run, not a failure): max abs error
+#: <= FLOAT16_BOUND * max(1, max|y|). Verification itself uses onnxrep's tolerance by precision
+#: (onnxrep.precision: float32 1e-4 / 1e-5; float16 2.5e-3 / 2.5e-3 plus twice the original's own
+#: distance to its float32 evaluation)
+FLOAT16_BOUND = 5e-3
 
 
 @dataclass
@@ -1310,6 +1310,8 @@ class Outcome:
     nodes_after: int = 0
     max_abs: float = 0.0
     max_rel: float = 0.0
+    beyond_bound: int = 0    # float16 outputs beyond FLOAT16_BOUND * max(1, max|y|)
+    by_noise: int = 0        # outputs within tolerance only thanks to the noise term
     seconds: float = 0.0
     invalid: str | None = None                          # the generator made a bad model (a fuzzer bug)
     crash: str | None = None                            # optimize() raised
@@ -1493,7 +1495,6 @@ def check_property(case: FuzzCase) -> Outcome:
     except Exception as exc:  # noqa: BLE001
         fail(f"checker: {str(exc).splitlines()[0][:300]}")
     # numbers: onnxruntime on the same inputs (and both If branches)
-    rtol, atol = TOLERANCES[case.dtype]
     feeds = [_feeds(case)]
     if case.cond:
         flipped = dict(feeds[0])
@@ -1501,16 +1502,19 @@ def check_property(case: FuzzCase) -> Outcome:
         feeds.append(flipped)
     for inputs in feeds:
         try:
-            v = onnxrep.verify(model, out, inputs=inputs, rtol=rtol, atol=atol)
+            v = onnxrep.verify(model, out, inputs=inputs)  # tolerance by precision
         except VerifyError as exc:
             fail(f"verify: {exc}")
             break
         res.max_abs = max(res.max_abs, v.max_abs)
         res.max_rel = max(res.max_rel, v.max_rel)
+        res.by_noise += sum(o.passes() and o.max_abs > o.rtol * o.ref_max_abs + o.atol for o in v.outputs)
+        if case.dtype == "float16":
+            res.beyond_bound += sum(o.max_abs > FLOAT16_BOUND * max(1.0, o.ref_max_abs) for o in v.outputs)
         if not v.passed:
-            bad = [o for o in v.outputs if not o.passes(rtol, atol)]
-            res.mismatch = ", ".join(f"{o.name}: max abs err {o.max_abs:.3g} (max|ref| {o.ref_max_abs:.3g})"
-                                     for o in bad)
+            bad = [o for o in v.outputs if not o.passes()]
+            res.mismatch = ", ".join(f"{o.name}: max abs err {o.max_abs:.3g} (allowed {o.allowed:.3g}, "
+                                     f"max|ref| {o.ref_max_abs:.3g})" for o in bad)
             break
     # MACs compare when every MAC-bearing node has known shapes on both sides (a custom op stops
     # shape inference: what follows it is not counted, and a rewrite may declare shapes it lacked)
