@@ -42,7 +42,15 @@ def onnx_opset(model: onnx.ModelProto) -> int:
 def unregistered_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Default-domain nodes ONNX has no schema for at the model's opset (e.g. ``EfficientNMS_TRT``)."""
     opset = onnx_opset(model)
-    return [n for n in _all_nodes(model.graph) if n.domain in ONNX_DOMAINS and not _is_defined(n, opset)]
+    defined: dict[str, bool] = {}  # by op type: one schema lookup each
+    found = []
+    for n in _all_nodes(model.graph):
+        if n.domain in ONNX_DOMAINS:
+            if n.op_type not in defined:
+                defined[n.op_type] = _is_defined(n, opset)
+            if not defined[n.op_type]:
+                found.append(n)
+    return found
 
 
 def foreign_ops(model: onnx.ModelProto) -> Counter:
