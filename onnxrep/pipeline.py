@@ -25,10 +25,13 @@ class VerificationFailed(Exception):
 
 
 def _failure_message(result, culprit: dict | None) -> str:
+    """``verification failed: rule 'R' at node 'N' (max abs error ...)``, or without a culprit the error alone."""
     worst = result.worst()
-    where = f"rule '{culprit['rule']}' at node '{culprit['node']}' " if culprit else ""
-    return (f"verification failed: {where}(max abs error {worst.max_abs:.3g} on '{worst.name}', allowed "
-            f"{worst.allowed:.3g}, max rel {worst.max_rel:.3g}); nothing written")
+    numbers = (f"max abs error {worst.max_abs:.3g} on '{worst.name}', allowed {worst.allowed:.3g}, "
+               f"max rel {worst.max_rel:.3g}")
+    if culprit:
+        return f"verification failed: rule '{culprit['rule']}' at node '{culprit['node']}' ({numbers}); nothing written"
+    return f"verification failed: {numbers}; nothing written"
 
 
 def _culprit(src, report: Report, rules, include_defaults: bool, max_sweeps: int, progress, verify_args) -> dict | None:
