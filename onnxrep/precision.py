@@ -18,11 +18,16 @@ An output passes when ``max |cand - ref| <= rtol * max|ref| + atol + 2 * noise``
   float8     0.125+     0.5       one ulp is 6-25%: the check only catches gross faults
   ========== ========== ========= =========================================================
 
-* ``noise`` (reduced precision only) is how far the *original* model's output is from the same
-  model evaluated in float32 (its float16 / bfloat16 tensors widened, see :func:`widened`). A
-  network that amplifies rounding (deep stacks, a tiny scale before a large gain) is as far
-  from its own float32 result; an optimized model as accurate as the original is within
-  ``|cand - exact| + |exact - ref| <= 2 * noise`` of it (the triangle inequality).
+* ``noise`` (reduced precision only) is how far the *original* model's output moves under float16
+  rounding, the larger of: (a) its distance to the same model evaluated in float32 (its float16 /
+  bfloat16 tensors widened, see :func:`widened`), the rounding of activations; (b) in float32, the
+  distance between its weights as they are and its weights each moved by a random fraction of half
+  an ulp, the rounding of weights. A merge rounds its merged weights once, so it moves the output
+  about as much as (b); a network that amplifies rounding (a tiny scale before a large gain, a
+  saturating activation after) moves a lot under both, and so does its optimized form. The
+  optimized model is then within ``|cand - exact| + |exact - ref| <= 2 * noise`` of the original
+  (the triangle inequality). onnxruntime's CPU kernels compute float16 ops in float32, so on CPU (b)
+  is usually the larger.
 
 A user's ``--rtol`` / ``--atol`` replace the whole rule (no noise term).
 """
@@ -160,15 +165,18 @@ def _outer_reads(node: onnx.NodeProto) -> list[str]:
 
 
 # ------------------------------------------------------------------ float32 evaluation
-def _widen_tensor(t: onnx.TensorProto) -> None:
+def _widen_tensor(t: onnx.TensorProto, rng: np.random.Generator | None) -> None:
     if t.data_type in REDUCED:
         values = numpy_helper.to_array(t).astype(np.float32)
+        if rng is not None:  # one more rounding: each value moved by up to half an ulp of its type
+            eps = float(np.finfo(np.float16).eps) if t.data_type == T.FLOAT16 else 2.0 ** -7
+            values = values * (1 + rng.uniform(-eps / 2, eps / 2, values.shape)).astype(np.float32)
         t.CopyFrom(numpy_helper.from_array(values, t.name))
 
 
-def _widen_graph(g: onnx.GraphProto) -> None:
+def _widen_graph(g: onnx.GraphProto, rng: np.random.Generator | None) -> None:
     for t in g.initializer:
-        _widen_tensor(t)
+        _widen_tensor(t, rng)
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         if vi.type.tensor_type.elem_type in REDUCED:
             vi.type.tensor_type.elem_type = T.FLOAT
@@ -177,23 +185,25 @@ def _widen_graph(g: onnx.GraphProto) -> None:
             if a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i in REDUCED:
                 a.i = T.FLOAT
             elif a.type == onnx.AttributeProto.TENSOR:
-                _widen_tensor(a.t)
+                _widen_tensor(a.t, rng)
             elif a.type == onnx.AttributeProto.GRAPH:
-                _widen_graph(a.g)
+                _widen_graph(a.g, rng)
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for body in a.graphs:
-                    _widen_graph(body)
+                    _widen_graph(body, rng)
 
 
-def widened(model: onnx.ModelProto) -> onnx.ModelProto:
+def widened(model: onnx.ModelProto, rounding_seed: int | None = None) -> onnx.ModelProto:
     """A copy of ``model`` computing in float32 where it computes in float16 / bfloat16.
 
     Every float16 / bfloat16 initializer, Constant / ConstantOfShape value, declared tensor
-    type and Cast / dtype target becomes float32 (exactly: both types embed in float32).
+    type and Cast / dtype target becomes float32 (exactly: both types embed in float32). With
+    ``rounding_seed``, every such weight is also moved by a seeded random fraction of half an ulp
+    (``w * (1 + u * eps / 2)``, ``|u| <= 1``): the model as if its weights were rounded once more.
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    _widen_graph(copy.graph)
+    _widen_graph(copy.graph, None if rounding_seed is None else np.random.default_rng(rounding_seed))
     return copy
 
 

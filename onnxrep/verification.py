@@ -215,16 +215,21 @@ def _load_full(model: ModelLike) -> onnx.ModelProto:
 
 
 def _noise(reference: onnx.ModelProto, inputs: Mapping[str, Any], ref_out: Mapping[str, np.ndarray],
-           names: list[str]) -> dict[str, float]:
-    """``max |ref - ref evaluated in float32|`` per output; {} when the widened model cannot run."""
+           names: list[str], seed: int) -> dict[str, float]:
+    """Per output, how far the reference moves under float16 rounding (``onnxrep.precision``): the
+    larger of its distance to its float32 evaluation and, in float32, its distance to itself with
+    every weight rounded once more; {} when the widened model cannot run."""
+    feeds = precision.widened_inputs(dict(inputs))
     try:
-        wide = run(precision.widened(reference), precision.widened_inputs(dict(inputs)))
+        wide = run(precision.widened(reference), feeds)
+        rounded = run(precision.widened(reference, rounding_seed=seed), feeds)
     except VerifyError:
         return {}
     found = {}
     for name in names:
-        if name in wide and np.shape(wide[name]) == np.shape(ref_out[name]):
-            found[name] = _compare(name, wide[name], ref_out[name]).max_abs
+        if name in wide and name in rounded and np.shape(wide[name]) == np.shape(ref_out[name]):
+            found[name] = max(_compare(name, wide[name], ref_out[name]).max_abs,
+                              _compare(name, wide[name], rounded[name]).max_abs)
     return found
 
 
@@ -293,7 +298,8 @@ def verify(
     precisions = {} if given else precision.output_precisions(ref_model)
     reduced = [n for n, p in precisions.items() if p.reduced and n in ref_out]
     noise_inputs = {**inputs, **part.fed} if part is not None else inputs
-    noise = _noise(_load_full(reference) if plan is None else ref_model, noise_inputs, ref_out, reduced) if reduced else {}
+    noise = _noise(_load_full(reference) if plan is None else ref_model, noise_inputs, ref_out, reduced,
+                   seed) if reduced else {}
     diffs = []
     for name, r in ref_out.items():
         c = cand_out[name]
