@@ -195,23 +195,26 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape=DEFAULT_I
       optimizer, which does the constant folding and the Conv-BN fold). The opset is raised to at
       least ``DYNAMO_MIN_OPSET`` (18). The example batch is at least 2 (torch.export specializes
       size-1 dims).
+
+    The example input takes the dtype of the model's parameters (``model.half()`` exports float16).
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     model = model.eval()
     input_shape = tuple(int(s) for s in input_shape)
     gen = torch.Generator().manual_seed(0)
+    dtype = next(model.parameters()).dtype
     if dynamo:
         shape = input_shape
         if dynamic_batch and shape[0] < 2:
             shape = (2,) + shape[1:]
-        x = torch.randn(shape, generator=gen)
+        x = torch.randn(shape, generator=gen).to(dtype)
         kwargs = dict(dynamo=True, external_data=False, optimize=constant_folding,
                       opset_version=max(int(opset), DYNAMO_MIN_OPSET), verbose=False)
         if dynamic_batch:
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim(batch_name)},)
     else:
-        x = torch.randn(input_shape, generator=gen)
+        x = torch.randn(input_shape, generator=gen).to(dtype)
         kwargs = dict(dynamo=False, do_constant_folding=constant_folding,
                       opset_version=int(opset), verbose=False)
         if dynamic_batch:

@@ -28,8 +28,9 @@ from .runtime import run
 
 #: a node onnxruntime refuses, as its messages name it
 _NODE_NAMED = [re.compile(r"node with name '([^']*)'"), re.compile(r'In Node, \("([^"]*)", (\w+)'),
-               re.compile(r"Node \(([^)]*)\)")]
-_OP_NAMED = [re.compile(r"implementation for (\w+)\("), re.compile(r"(?:^|\s)([\w.]+):(\w+)\(-?\d+\) is not a registered")]
+               re.compile(r"\(node:'([^']*)'"), re.compile(r"Node \(([^)]*)\)")]
+_OP_NAMED = [re.compile(r"(?:implementation|kernel) for (\w+)\("),
+             re.compile(r"(?:^|\s)([\w.]+):(\w+)\(-?\d+\) is not a registered")]
 #: refusals followed one by one at most
 MAX_REFUSALS = 32
 

@@ -104,3 +104,25 @@ def test_custom_op_between_blocks(repvgg, tmp_path, capsys):
     assert len(compared) == 2 and v["fed"] == list(custom[0].output) and v["unverifiable"] == {}
     assert all(o["max_abs"] <= 1e-4 * max(1.0, o["ref_max_abs"]) for o in v["outputs"])
     assert "com.example.ChannelShuffleX" in stdout and "fed with the same random values" in stdout
+
+
+def test_float16_yolo_with_efficient_nms(tmp_path, capsys):
+    """The float16 export (``model.half()``) of the same detector with the plugin: merged, the plugin kept,
+    the tensors feeding it verified at the float16 tolerance and within 5e-3 * max(1, max|y|)."""
+    from models.export import MODELS, export_onnx
+
+    spec = MODELS["yolov6_repconv"]
+    path = export_onnx(spec.build(seed=1).half(), tmp_path / "y16.onnx", spec.input_shape)
+    train = onnx.load(path)
+    assert train.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    src = tmp_path / "y16_nms.onnx"
+    onnx.save(add_efficient_nms(train, 80), src)
+    code, out, report, _ = _optimize(src, tmp_path, capsys)
+    assert code == cli.EXIT_OK
+    assert graph_stats(out).ops.get("BatchNormalization", 0) == 0
+    assert graph_stats(out).convs < graph_stats(train).convs
+    assert [n.op_type for n in out.graph.node].count("EfficientNMS_TRT") == 1
+    v = report["verification"]
+    assert v["passed"] and v["partial"] and sorted(v["unverifiable"]) == sorted(NMS_OUTPUTS)
+    assert {o["precision"] for o in v["outputs"]} == {"float16"}
+    assert all(o["max_abs"] <= 5e-3 * max(1.0, o["ref_max_abs"]) for o in v["outputs"])

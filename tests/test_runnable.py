@@ -44,6 +44,12 @@ def test_refused_nodes_from_onnxruntime_messages():
     m = _chain(first="Relu", first_domain="")
     msg = "Could not find an implementation for EfficientNMS_TRT(1) node with name 'second'"
     assert [n.name for n in refused_nodes(msg, m)] == ["second"]
+    # float16 inputs: another message (onnxruntime 1.32)
+    msg16 = ("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Failed to find kernel for EfficientNMS_TRT(1) "
+             "(node:'second' ep:'CPUExecutionProvider'). Kernel not found")
+    assert [n.name for n in refused_nodes(msg16, m)] == ["second"]
+    m.graph.node[3].name = ""
+    assert [n.output[0] for n in refused_nodes(msg16.replace("'second'", "''"), m)] == ["out"]
     msg2 = "[ONNXRuntimeError] : 1 : FAIL : Fatal error: com.example:MyOp(-1) is not a registered function/op"
     assert [n.name for n in refused_nodes(msg2, _chain())] == ["first"]
 
