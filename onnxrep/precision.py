@@ -43,6 +43,7 @@ from onnx import numpy_helper
 
 from .graph.dtypes import FLOAT_TYPES
 from .graph.shapes import inferred_shapes
+from .graph.walk import bodies, outer_reads
 
 FLOAT8_TYPES = frozenset({T.FLOAT8E4M3FN, T.FLOAT8E4M3FNUZ, T.FLOAT8E5M2, T.FLOAT8E5M2FNUZ})
 #: types whose rounding is measured against a float32 evaluation of the reference
@@ -111,7 +112,7 @@ def _stated_types(model: onnx.ModelProto) -> set[int]:
     found.update(v.type.tensor_type.elem_type for v in list(g.input) + list(g.output) + list(g.value_info))
     for node in g.node:
         found.update(_node_types(node))
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        if bodies(node):
             found.add(-1)  # a body may hold anything: trace
     return {t for t in found if t in FLOAT_TYPES or t == -1} if -1 in found else found & FLOAT_TYPES
 
@@ -148,23 +149,11 @@ def output_precisions(model: onnx.ModelProto) -> dict[str, Precision]:
                 continue
             found.update(t for t in _node_types(node) if t in FLOAT_TYPES)
             stack.extend(i for i in node.input if i)
-            stack.extend(_outer_reads(node))
+            stack.extend(outer_reads(node))
         result[out.name] = Precision(frozenset(found))
     return result
 
 
-def _outer_reads(node: onnx.NodeProto) -> list[str]:
-    """Names read inside an If / Loop / Scan body (outer-scope reads included)."""
-    names = []
-    for a in node.attribute:
-        for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in body.node:
-                names.extend(i for i in n.input if i)
-                names.extend(_outer_reads(n))
-    return names
-
-
-# ------------------------------------------------------------------ float32 evaluation
 def _widen_tensor(t: onnx.TensorProto, rng: np.random.Generator | None) -> None:
     if t.data_type in REDUCED:
         values = numpy_helper.to_array(t).astype(np.float32)
@@ -186,11 +175,8 @@ def _widen_graph(g: onnx.GraphProto, rng: np.random.Generator | None) -> None:
                 a.i = T.FLOAT
             elif a.type == onnx.AttributeProto.TENSOR:
                 _widen_tensor(a.t, rng)
-            elif a.type == onnx.AttributeProto.GRAPH:
-                _widen_graph(a.g, rng)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for body in a.graphs:
-                    _widen_graph(body, rng)
+        for body in bodies(node):
+            _widen_graph(body, rng)
 
 
 def widened(model: onnx.ModelProto, rounding_seed: int | None = None) -> onnx.ModelProto:

@@ -23,6 +23,7 @@ from onnx import defs, helper
 
 from .graph.foreign import ONNX_DOMAINS, onnx_opset
 from .graph.shapes import inferred_shapes
+from .graph.walk import inner_nodes, outer_reads
 from .inputs import VerifyError
 from .runtime import run
 
@@ -61,21 +62,11 @@ def node_key(node: onnx.NodeProto) -> tuple[str, ...]:
     return tuple(node.output)
 
 
-def _inner_nodes(node: onnx.NodeProto) -> list[onnx.NodeProto]:
-    """The node and every node of its If / Loop / Scan bodies."""
-    found = [node]
-    for a in node.attribute:
-        for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in body.node:
-                found.extend(_inner_nodes(n))
-    return found
-
-
 def refused_nodes(message: str, model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The main-graph nodes an onnxruntime error message names, by node name, else by op type (a
     node inside an If / Loop / Scan body blocks the node that holds the body)."""
     def owners(match) -> list[onnx.NodeProto]:
-        return [top for top in model.graph.node if any(match(n) for n in _inner_nodes(top))]
+        return [top for top in model.graph.node if any(match(n) for n in inner_nodes(top))]
 
     for pattern in _NODE_NAMED:
         m = pattern.search(message)
@@ -115,7 +106,7 @@ def plan(model: onnx.ModelProto, blocked_keys: set[tuple[str, ...]], fed: Iterab
         if id(node) in producer_blocked:
             tainted.update(o for o in node.output if o and o not in fed)
             continue
-        reads = list(node.input) + _outer_reads(node)
+        reads = list(node.input) + outer_reads(node)
         if any(i in tainted for i in reads if i):
             tainted.update(o for o in node.output if o)
     result = Plan(blocked=[f"{n.op_type} '{n.name or n.output[0]}'" for n in blocked])
@@ -133,16 +124,6 @@ def plan(model: onnx.ModelProto, blocked_keys: set[tuple[str, ...]], fed: Iterab
     computed = {o for n in g.node if id(n) not in producer_blocked for o in n.output if o}
     result.targets = {k: v for k, v in result.targets.items() if k in computed}
     return result
-
-
-def _outer_reads(node: onnx.NodeProto) -> list[str]:
-    names = []
-    for a in node.attribute:
-        for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in body.node:
-                names.extend(i for i in n.input if i)
-                names.extend(_outer_reads(n))
-    return names
 
 
 def cut(model: onnx.ModelProto, targets: list[str], fed: Mapping[str, onnx.ValueInfoProto] | None = None
@@ -163,7 +144,7 @@ def cut(model: onnx.ModelProto, targets: list[str], fed: Mapping[str, onnx.Value
             continue
         keep.add(id(node))
         stack.extend(i for i in node.input if i)
-        stack.extend(_outer_reads(node))
+        stack.extend(outer_reads(node))
     out = onnx.ModelProto()
     for attr in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
         setattr(out, attr, getattr(model, attr))
@@ -199,7 +180,7 @@ def fed_values(model: onnx.ModelProto, blocked_keys: set[tuple[str, ...]], known
     declared = {v.name: v for v in list(g.value_info) + list(g.output)}
     declared = {**inferred_shapes(model), **declared}
     bindings = _bindings(g, known)
-    read = {i for n in g.node for i in list(n.input) + _outer_reads(n) if i}
+    read = {i for n in g.node for i in list(n.input) + outer_reads(n) if i}
     rng = np.random.default_rng(seed + 7919)
     values = {}
     for node in g.node:

@@ -14,6 +14,8 @@ from typing import Iterator
 import onnx
 from onnx import defs
 
+from .walk import all_nodes
+
 #: the domain unknown default-domain nodes are checked under
 STUB_DOMAIN = "onnxrep.unregistered"
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -27,14 +29,6 @@ def _is_defined(node: onnx.NodeProto, opset: int) -> bool:
         return False
 
 
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _all_nodes(body)
-
-
 def onnx_opset(model: onnx.ModelProto) -> int:
     return next((int(i.version) for i in model.opset_import if i.domain in ONNX_DOMAINS), 1)
 
@@ -44,7 +38,7 @@ def unregistered_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     opset = onnx_opset(model)
     defined: dict[str, bool] = {}  # by op type: one schema lookup each
     found = []
-    for n in _all_nodes(model.graph):
+    for n in all_nodes(model.graph):
         if n.domain in ONNX_DOMAINS:
             if n.op_type not in defined:
                 defined[n.op_type] = _is_defined(n, opset)
@@ -59,7 +53,7 @@ def foreign_ops(model: onnx.ModelProto) -> Counter:
     found = Counter()
     for n in unregistered_nodes(model):
         found[f"{n.op_type} (default domain, not an ONNX op)"] += 1
-    for n in _all_nodes(model.graph):
+    for n in all_nodes(model.graph):
         if n.domain not in ONNX_DOMAINS + ("ai.onnx.ml",) and n.domain != STUB_DOMAIN:
             found[f"{n.domain}.{n.op_type}"] += 1
     return found
