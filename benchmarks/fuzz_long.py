@@ -161,7 +161,7 @@ DOC_HEAD = """# Fuzzing onnxrep
 `tests/fuzz/graphs.py` is a [hypothesis](https://hypothesis.readthedocs.io) strategy,
 `training_graphs()`, that draws random *training-form* ONNX models (every one passes
 `onnx.checker.check_model(full_check=True)` and runs in onnxruntime), and `check_property(case)`,
-the property every model must satisfy after `onnxrep.optimize`. Two profiles run it:
+the property every model must satisfy after `onnxrep.optimize`. Three profiles run it:
 
 | profile | command | examples | where |
 |---|---|---|---|
