@@ -50,6 +50,14 @@ class MergedConv:
 
 
 @dataclass
+class ChannelCut:
+    """A layer that lost output channels (dead or pruned ones), and its channel counts."""
+    node: str
+    before: int
+    after: int
+
+
+@dataclass
 class RuleRecord:
     """Everything one rule did in one optimization. The driver hands it to the rule through the
     context (``ctx.decline``, ``ctx.replace``, ``ctx.remove``, ``ctx.memory``): rules never pass names."""
@@ -59,6 +67,8 @@ class RuleRecord:
     #: declines of the last sweep (earlier sweeps' declines may have been rewritten since)
     declines: list[Decline] = field(default_factory=list)
     merged: list[MergedConv] = field(default_factory=list)
+    #: layers whose output channels the rule removed
+    channels: list[ChannelCut] = field(default_factory=list)
     #: why the rule did not run (its opset range), or None
     skipped: str | None = None
     #: what a rule remembers from sweep to sweep, per graph (``ctx.memory``)
@@ -66,7 +76,7 @@ class RuleRecord:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "rewrites": self.rewrites, "nodes_removed": self.nodes_removed,
-                "skipped": self.skipped,
+                "skipped": self.skipped, "channels_removed": [asdict(c) for c in self.channels],
                 "declined": [{"node": d.node, "reason": d.reason, "kind": d.kind} for d in self.declines]}
 
 
@@ -159,6 +169,12 @@ def format_report(report: Report, src: str = "", dest: str | None = None, explai
         lines += ["", f"merged convs: {len(report.merged_convs)}; widest per-channel weight range: "
                       f"max/median channel |w| = {worst.outlier_ratio:.1f} in '{worst.conv}'"
                       + ("  (consider per-channel INT8 quantization)" if worst.outlier_ratio > 10 else "")]
+    cuts = [c for r in report.rules for c in r.channels]
+    if cuts:
+        removed = sum(c.before - c.after for c in cuts)
+        lines += ["", f"channels removed: {removed} in {len(cuts)} layer(s): "
+                      + ", ".join(f"'{c.node}' {c.before}->{c.after}" for c in cuts[:12])
+                      + (f", ... ({len(cuts) - 12} more)" if len(cuts) > 12 else "")]
     for r in report.rules:
         if r.skipped:
             lines.append(f"note: rule '{r.name}' skipped: {r.skipped}")

@@ -1,6 +1,7 @@
 """Built-in rules, one per file, all written with the public API in ``onnxrep.pattern``."""
 from .border_fill import CanonicalizeBorderFill
 from .collapse_linear import CollapseLinearRegions
+from .dead_channels import EliminateDeadChannels
 from .fold_bn_before_gemm import FoldBatchNormBeforeGemm
 from .fold_bn_into_convtranspose import FoldBatchNormIntoConvTranspose
 from .fold_bn_into_gemm import FoldBatchNormIntoGemm
@@ -10,8 +11,8 @@ from .fold_constants import FoldConstants
 def default_rules():
     """Fresh instances of every built-in rule, in priority order."""
     return sorted([FoldConstants(), CanonicalizeBorderFill(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormBeforeGemm(),
-                   FoldBatchNormIntoConvTranspose()],
+                   FoldBatchNormIntoConvTranspose(), EliminateDeadChannels()],
                   key=lambda r: r.priority)
 
 
-__all__ = ["CanonicalizeBorderFill", "CollapseLinearRegions", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "default_rules"]
+__all__ = ["CanonicalizeBorderFill", "CollapseLinearRegions", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "default_rules"]
