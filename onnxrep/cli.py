@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-default-rules", action="store_true", help="run only the --rules-from rules")
         sp.add_argument("--max-sweeps", type=int, default=8, metavar="N", help="rule sweeps at most (default 8)")
         sp.add_argument("--explain", action="store_true", help="list declined candidates with their reasons")
+        sp.add_argument("--prune-threshold", type=float, default=None, metavar="T",
+                        help="ResRep pruning (not exact): zero the compactor rows (bias-free 1x1 convs after a "
+                             "conv) with L2 norm <= T, keeping one per layer; the channels are then removed")
+        sp.add_argument("--prune-tolerance", type=float, default=None, metavar="R",
+                        help="with --prune-threshold: accept a max abs error up to R * max|y| against the "
+                             "unpruned input (default: the usual tolerance, so only negligible rows pass)")
         sp.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE ('-' for stdout)")
         sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
         sp.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -185,6 +191,16 @@ def _run(args) -> int:
         return _error(str(exc), EXIT_RULES)
     if args.no_default_rules and not rules:
         return _error("--no-default-rules needs at least one --rules-from file", EXIT_USAGE)
+    rtol, atol = args.rtol, args.atol
+    if args.prune_threshold is not None:
+        from .rules import PruneCompactorRows
+        if args.prune_threshold < 0:
+            return _error("--prune-threshold must be >= 0", EXIT_USAGE)
+        rules.append(PruneCompactorRows(args.prune_threshold))
+        if args.prune_tolerance is not None:
+            rtol, atol = args.prune_tolerance, atol if atol is not None else 0.0
+    elif args.prune_tolerance is not None:
+        return _error("--prune-tolerance needs --prune-threshold", EXIT_USAGE)
 
     dest = args.output if args.command == "optimize" else None
     check = (not args.no_verify) if args.command == "optimize" else args.verify
@@ -192,8 +208,8 @@ def _run(args) -> int:
     failure = None
     try:
         report = optimize_file(args.input, dest, rules=rules, include_defaults=not args.no_default_rules,
-                               check_result=check, input_shapes=shapes, seed=args.seed, rtol=args.rtol,
-                               atol=args.atol, max_sweeps=args.max_sweeps, progress=progress)
+                               check_result=check, input_shapes=shapes, seed=args.seed, rtol=rtol,
+                               atol=atol, max_sweeps=args.max_sweeps, progress=progress)
     except VerificationFailed as exc:
         report, failure = exc.report, str(exc)
     finally:

@@ -169,12 +169,14 @@ def format_report(report: Report, src: str = "", dest: str | None = None, explai
         lines += ["", f"merged convs: {len(report.merged_convs)}; widest per-channel weight range: "
                       f"max/median channel |w| = {worst.outlier_ratio:.1f} in '{worst.conv}'"
                       + ("  (consider per-channel INT8 quantization)" if worst.outlier_ratio > 10 else "")]
-    cuts = [c for r in report.rules for c in r.channels]
-    if cuts:
-        removed = sum(c.before - c.after for c in cuts)
-        lines += ["", f"channels removed: {removed} in {len(cuts)} layer(s): "
-                      + ", ".join(f"'{c.node}' {c.before}->{c.after}" for c in cuts[:12])
-                      + (f", ... ({len(cuts) - 12} more)" if len(cuts) > 12 else "")]
+    for r in report.rules:
+        if r.channels:
+            what = ("rows pruned (not exact: the model changed)" if r.name == "prune-compactor-rows"
+                    else "dead channels removed")
+            removed = sum(c.before - c.after for c in r.channels)
+            lines += ["", f"{what}: {removed} in {len(r.channels)} layer(s): "
+                          + ", ".join(f"'{c.node}' {c.before}->{c.after}" for c in r.channels[:12])
+                          + (f", ... ({len(r.channels) - 12} more)" if len(r.channels) > 12 else "")]
     for r in report.rules:
         if r.skipped:
             lines.append(f"note: rule '{r.name}' skipped: {r.skipped}")

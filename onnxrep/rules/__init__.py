@@ -6,6 +6,7 @@ from .fold_bn_before_gemm import FoldBatchNormBeforeGemm
 from .fold_bn_into_convtranspose import FoldBatchNormIntoConvTranspose
 from .fold_bn_into_gemm import FoldBatchNormIntoGemm
 from .fold_constants import FoldConstants
+from .prune_compactors import PruneCompactorRows
 
 
 def default_rules():
@@ -15,4 +16,4 @@ def default_rules():
                   key=lambda r: r.priority)
 
 
-__all__ = ["CanonicalizeBorderFill", "CollapseLinearRegions", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "default_rules"]
+__all__ = ["CanonicalizeBorderFill", "CollapseLinearRegions", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "default_rules"]
