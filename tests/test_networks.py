@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips th
 
 NETWORKS = ["repvgg_a0", "repvgg_a0_g4", "acnet_resnet18", "acnet_k5", "acnet_crop", "dbb_resnet18",
             "mobileone_s0", "fastvit_t8", "repvit_m0_9", "repghost_0_5", "replknet_tiny", "yolov6_repconv",
-            "yolov10n", "yolov7_implicit"]
+            "yolov10n", "yolov7_implicit", "resrep_resnet"]
 MODES = {
     "legacy": dict(dynamo=False),
     "dynamo": dict(dynamo=True),
@@ -71,7 +71,8 @@ def test_no_batchnorm_left_inside_regions(case):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_matches_training_form(case, batch):
     train, _, optimized, _ = case
-    result = verify(train, optimized, input_shapes={"input": (batch, 3, 64, 64)}, rtol=1e-4, atol=0.0)
+    dims = [d.dim_value for d in train.graph.input[0].type.tensor_type.shape.dim[1:]]
+    result = verify(train, optimized, input_shapes={"input": (batch, *dims)}, rtol=1e-4, atol=0.0)
     assert result.passed, result.to_dict()
     assert result.max_abs <= 1e-4 * result.outputs[0].ref_max_abs
     assert result.outputs[0].shape[0] == batch

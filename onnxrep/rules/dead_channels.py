@@ -33,6 +33,8 @@ from .linear_ops import avgpool_params, bn_form, constant_affine, conv_form, gem
 ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Softplus", "Clip",
                "Identity", "Dropout"}
 POOLS = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"}
+#: reductions over spatial axes only (the dynamo exporter's global average pool is a ReduceMean)
+REDUCES = {"ReduceMean", "ReduceMax", "ReduceMin"}
 BINARY = {"Add", "Sub", "Mul"}
 
 
@@ -134,10 +136,12 @@ class _Graph:
         elif op in POOLS:
             exact_any = op != "AveragePool" or not (any(avgpool_params(node)[2]) and avgpool_params(node)[3])
             self._set(out, {c: v for c, v in d.items() if exact_any or v == 0})
+        elif op in REDUCES and _spatial_reduce(self.ctx, node):
+            self._set(out, dict(d))  # the mean / max / min of a constant map is the constant
         elif op == "Concat":
             self._set(out, self._concat_values(node))
-        elif op == "Flatten":
-            hw = _flatten_block(node, x)
+        elif op in ("Flatten", "Reshape"):
+            hw = _flatten_block(self.ctx, node, x)
             if hw:
                 self._set(out, {c * hw + k: v for c, v in d.items() for k in range(hw)})
         else:
@@ -222,7 +226,7 @@ class _Graph:
             return f"'{node.name}' channel {c} is not a zero row"
         if op in ("Gemm", "MatMul"):
             return None if c in self.dead.get(id(t), {}) else f"'{node.name}' column {c} is not zero"
-        if op in ACTIVATIONS | POOLS | {"BatchNormalization"}:
+        if op in ACTIVATIONS | POOLS | {"BatchNormalization"} or (op in REDUCES and _spatial_reduce(self.ctx, node)):
             stack.append((x, c))
             return None
         if op == "Concat":
@@ -231,8 +235,11 @@ class _Graph:
                 if off <= c < off + n:
                     stack.append((inp, c - off))
             return None
-        if op == "Flatten":
-            stack.append((x, c // _flatten_block(node, x)))
+        if op in ("Flatten", "Reshape"):
+            hw = _flatten_block(self.ctx, node, x)
+            if not hw:
+                return f"{op} '{node.name}' does not flatten channels first"
+            stack.append((x, c // hw))
             return None
         found = constant_affine(self.ctx, node)
         if found is not None:
@@ -268,9 +275,10 @@ class _Graph:
             if op == "Gemm" and node.attrs.get("transA", 0):
                 return f"'{node.name}' transposes its input"
             return None
-        if op in ACTIVATIONS | POOLS | {"BatchNormalization", "Flatten"} and data:
-            if op == "Flatten":
-                hw = _flatten_block(node, t)
+        if data and (op in ACTIVATIONS | POOLS | {"BatchNormalization", "Flatten", "Reshape"}
+                     or op in REDUCES and _spatial_reduce(self.ctx, node)):
+            if op in ("Flatten", "Reshape"):
+                hw = _flatten_block(self.ctx, node, t)
                 if not hw:
                     return f"Flatten '{node.name}' does not flatten channels first"
                 stack.extend((out, c * hw + k) for k in range(hw))
@@ -313,7 +321,7 @@ def _remove(ctx: GraphContext, graph: _Graph, components: list[_Component]) -> N
             continue
         new = _rewritten(ctx, graph, node, in_cut, out_cut, b)
         if new is not None:
-            region.append(node)
+            region.extend(new if isinstance(new, list) else [node])
             if node.op in ("Conv", "Gemm", "MatMul") and out_cut:
                 n = _channels(node.outputs[0])
                 cuts.append(ChannelCut(node.name or node.op, n, n - len(out_cut)) if n else None)
@@ -377,6 +385,8 @@ def _rewritten(ctx: GraphContext, graph: _Graph, node: gs.Node, in_cut: set, out
         b.op(op, [node.inputs[0]] + [b.const(n, p) for n, p in zip(("scale", "B", "mean", "var"), params)],
              outputs=list(node.outputs), attrs=dict(node.attrs), name=node.name)
         return True
+    if op == "Reshape" and out_cut:
+        return _rewrite_width(ctx, node, len(out_cut), b)
     found = constant_affine(ctx, node) if op in ("Mul", "Add", "Sub", "Div") else None
     if found is not None:
         const_i = 0 if node.inputs[1] is found[0] else 1
@@ -413,6 +423,24 @@ def _pads(ctx: GraphContext, node: gs.Node) -> bool:
         return True
 
 
+def _spatial_reduce(ctx: GraphContext, node: gs.Node) -> bool:
+    """A Reduce* over spatial axes only (not the batch, not the channels)."""
+    x = node.inputs[0]
+    if x.shape is None or len(x.shape) < 3:
+        return False
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and not ctx.is_absent(node.inputs[1]):
+        axes = ctx.constant(node.inputs[1])
+        if axes is None:
+            return False
+    if axes is None or len(np.atleast_1d(axes)) == 0:
+        return False  # all axes (or noop_with_empty_axes): not per channel
+    rank = len(x.shape)
+    axes = {int(a) % rank for a in np.atleast_1d(axes)}
+    keep = int(node.attrs.get("keepdims", 1))
+    return not axes & {0, 1} and (keep or max(axes) == rank - 1 and len(axes) == rank - 2)
+
+
 def _clip_bounds(ctx: GraphContext, node: gs.Node) -> tuple[float, float]:
     lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
     for i, default in ((1, lo), (2, hi)):
@@ -438,11 +466,51 @@ def _concat_offsets(node: gs.Node) -> list[int] | None:
     return [int(v) for v in np.cumsum([0] + sizes[:-1])]
 
 
-def _flatten_block(node: gs.Node, x: gs.Tensor) -> int | None:
-    """Columns per channel of ``Flatten(axis=1)`` of an ``(N, C, ...)`` tensor of known size."""
-    if int(node.attrs.get("axis", 1)) != 1 or x.shape is None or len(x.shape) < 2:
+def _flatten_block(ctx: GraphContext, node: gs.Node, x: gs.Tensor) -> int | None:
+    """Columns per channel when ``node`` flattens an ``(N, C, ...)`` tensor of known size to
+    ``(N, C * rest)``: a ``Flatten(axis=1)``, or a Reshape whose output shape inference gives as
+    ``(N, C * rest)`` and whose ``C * rest`` is a constant onnxrep can rewrite (:func:`_width`)."""
+    if x.shape is None or len(x.shape) < 2 or not all(isinstance(d, int) for d in x.shape[1:]):
         return None
-    rest = x.shape[2:]
-    if not all(isinstance(d, int) for d in rest):
+    rest = int(np.prod(x.shape[2:])) if len(x.shape) > 2 else 1
+    if node.op == "Flatten":
+        return rest if int(node.attrs.get("axis", 1)) == 1 else None
+    out = node.outputs[0].shape
+    if out is None or len(out) != 2 or out[1] != x.shape[1] * rest or out[0] != x.shape[0]:
         return None
-    return int(np.prod(rest)) if rest else 1
+    return rest if _width(ctx, node) is not None else None
+
+
+def _width(ctx: GraphContext, node: gs.Node):
+    """Where a Reshape's target width is written: ``(array, position, holder)`` with ``holder`` the
+    shape tensor itself (a constant ``[n, w]``) or the last input of the Concat that builds it
+    (``[batch] ++ [w]``, as the dynamo exporter writes a view); None otherwise (or for ``-1``)."""
+    shape_t = node.inputs[1] if len(node.inputs) > 1 else None
+    if shape_t is None:
+        return None
+    value = ctx.constant(shape_t)
+    if value is not None:
+        return (value, 1, shape_t) if value.ndim == 1 and len(value) == 2 and int(value[1]) > 0 else None
+    concat = ctx.producer(shape_t)
+    if concat is None or concat.op != "Concat" or len(concat.inputs) != 2 or len(ctx.consumers(shape_t)) != 1:
+        return None
+    last = ctx.constant(concat.inputs[1])
+    if last is None or last.shape != (1,) or int(last[0]) <= 0:
+        return None
+    return last, 0, concat.inputs[1]
+
+
+def _rewrite_width(ctx: GraphContext, node: gs.Node, removed_columns: int, b: Builder) -> list[gs.Node]:
+    """Describe the Reshape (or the Concat that builds its shape) with the width reduced; the nodes
+    to replace."""
+    value, position, holder = _width(ctx, node)
+    new = np.array(value, copy=True)
+    new[position] -= removed_columns
+    if holder is node.inputs[1]:
+        b.op("Reshape", [node.inputs[0], b.const("shape", new)], outputs=list(node.outputs), attrs=dict(node.attrs),
+             name=node.name)
+        return [node]
+    concat = ctx.producer(node.inputs[1])
+    b.op("Concat", [concat.inputs[0], b.const("width", new)], outputs=list(concat.outputs),
+         attrs=dict(concat.attrs), name=concat.name)
+    return [concat]
