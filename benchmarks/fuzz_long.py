@@ -57,6 +57,7 @@ class Tally:
         self.max_abs = {"float32": 0.0, "float16": 0.0}
         self.beyond_bound = 0    # float16 outputs beyond FLOAT16_BOUND * max(1, max|y|)
         self.by_noise = 0        # outputs within tolerance only thanks to the noise term
+        self.channels_removed = 0
         self.features = Counter()
         self.opsets = Counter()
         self.optimize_seconds = 0.0
@@ -84,6 +85,7 @@ def run(examples: int, seed_value: int, save: Path | None, progress_every: int =
         t.declines += o.declines
         t.beyond_bound += o.beyond_bound
         t.by_noise += o.by_noise
+        t.channels_removed += o.channels_removed
         t.with_declines += o.declines > 0
         t.nodes_before += o.nodes_before
         t.nodes_after += o.nodes_after
@@ -139,6 +141,7 @@ def numbers(t: Tally, seconds: float) -> list[tuple[str, str]]:
         ("examples with >= 1 decline", f"{t.with_declines:,} ({100 * t.with_declines / n:.1f}%)"),
         ("declines (with a reason)", f"{t.declines:,}"),
         ("nodes before -> after (sum)", f"{t.nodes_before:,} -> {t.nodes_after:,}"),
+        ("dead channels removed", f"{t.channels_removed:,} (in {t.features['dead-channels']:,} models drawing them)"),
         ("marked unmergeable regions (Conv count kept)", f"{t.expect_keep:,}"),
         ("mismatches (verify failed)", f"{t.mismatches}"),
         ("crashes (optimize raised)", f"{t.crashes}"),

@@ -1051,6 +1051,45 @@ class _Gen:
         self.head_dims = [self.batch, k]
         return t
 
+    def dead_block(self, x: str) -> tuple[str, str]:
+        """ResRep after training: conv (+BN) -> compactor 1x1 with exactly-zero rows (dead channels),
+        alone, summed with a conv whose same rows are zero (a residual Add: the channels are dead in
+        both inputs) or beside one (Concat), sometimes with a depthwise 3x3 after it."""
+        cin, h, w = self.shapes[x]
+        cm = self.upto(2, MAX_C)
+        k, p = self.pick([(1, 0), (3, 1)])
+        y = self.conv(x, cin, cm, (k, k), (p, p), (p, p), shape=(cm, h, w))
+        if self.coin(0.5):
+            self.inner.append(y)
+            y = self.bn(y, cm)
+        dead = sorted(self.draw(st.sets(st.integers(0, cm - 1), min_size=1, max_size=cm - 1)))
+        q = np.eye(cm, dtype=self.dtype) + self.randn(cm, cm, scale=0.1)
+        q[dead] = 0
+        self.inner.append(y)
+        y = self.conv(y, cm, cm, (1, 1), (0, 0), (0, 0), bias=False, weight=self.const(q.reshape(cm, cm, 1, 1), "Q"),
+                      shape=(cm, h, w))
+        variant = self.pick(["plain", "residual", "concat"])
+        if variant != "plain":
+            self.inner.append(y)
+            w2 = self.randn(cm, cin, 1, 1, scale=1 / math.sqrt(cin))
+            rows = dead if variant == "residual" else dead[:1]
+            w2[rows] = 0
+            y2 = self.conv(x, cin, cm, (1, 1), (0, 0), (0, 0), weight=self.const(w2, "W"), shape=(cm, h, w))
+            self.inner.append(y2)
+            if variant == "residual":
+                y = self.node("Add", [y, y2], "sum", shape=(cm, h, w))
+            else:
+                y = self.node("Concat", [y, y2], "cat", axis=1, shape=(2 * cm, h, w))
+                cm *= 2
+        if self.coin(0.3):
+            self.inner.append(y)
+            y = self.node("Relu", [y], "relu", shape=(cm, h, w))
+            self.inner.append(y)
+            y = self.conv(y, cm, cm, (3, 3), (1, 1), (1, 1), group=cm, shape=(cm, h, w))
+            variant += "+dw3x3"
+        self.features.add("dead-channels")
+        return y, f"dead[{variant}, {len(dead)} of {self.shapes[y][0]}]"
+
     def overflow_block(self, x: str) -> tuple[str, str]:
         """fp16: Mul(x, 1e-4) -> Relu -> Conv(W ~ 400) -> BN(gamma ~ 400): merged weights > 65504."""
         cin, h, w = self.shapes[x]
@@ -1119,6 +1158,8 @@ def training_graphs(draw, max_blocks: int = 4, allow_if: bool = True, float16_sh
                 g.regions.append(Region(start, t, why))
         elif g.coin(0.07):
             t, label = g.convt_block(t)
+        elif g.coin(0.08):
+            t, label = g.dead_block(t)
         else:
             t, label = g.sum_block(t)
         blocks.append(label)
@@ -1312,6 +1353,7 @@ class Outcome:
     max_rel: float = 0.0
     beyond_bound: int = 0    # float16 outputs beyond FLOAT16_BOUND * max(1, max|y|)
     by_noise: int = 0        # outputs within tolerance only thanks to the noise term
+    channels_removed: int = 0  # dead channels eliminate-dead-channels removed
     seconds: float = 0.0
     invalid: str | None = None                          # the generator made a bad model (a fuzzer bug)
     crash: str | None = None                            # optimize() raised
@@ -1479,6 +1521,8 @@ def check_property(case: FuzzCase) -> Outcome:
     res.seconds = time.perf_counter() - t0
     res.rewrites = report.rewrites
     res.declines = len(report.declines())
+    res.channels_removed = sum(c.before - c.after for r in report.rules if r.name == "eliminate-dead-channels"
+                               for c in r.channels)
     res.nodes_after = len(out.graph.node)
     fail = res.failures.append
 
