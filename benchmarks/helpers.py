@@ -50,3 +50,19 @@ def load_average() -> str:
         return ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def write_section(md_path: Path, heading: str, body: str) -> None:
+    """Replace (or append at the end) the level-2 section ``heading`` of ``md_path``; everything else
+    is kept byte for byte. A section runs from its heading to the next level-2 heading (or the end)."""
+    import re
+
+    text = md_path.read_text() if md_path.exists() else ""
+    section = heading + "\n\n" + body.strip() + "\n"
+    m = re.search("^" + re.escape(heading) + "[ \t]*$", text, flags=re.M)
+    if m is None:
+        md_path.write_text((text.rstrip("\n") + "\n\n" if text.strip() else "") + section)
+        return
+    nxt = re.search(r"^## ", text[m.end():], flags=re.M)
+    rest = text[m.end() + nxt.start():] if nxt else ""
+    md_path.write_text(text[:m.start()] + section + ("\n" + rest if rest else ""))

@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 import numpy as np  # noqa: E402
+import helpers  # noqa: E402
 from helpers import git_revision, md_table, text_table  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
@@ -416,19 +417,8 @@ def _fmt_kb(kb: int) -> str:
 
 
 def write_section(md_path: Path, body: str) -> None:
-    """Replace (or append at the end) SECTION of ``md_path``; everything else is kept byte for byte.
-
-    The section runs from its heading to the next level-2 heading (or the end of the file).
-    """
-    text = md_path.read_text() if md_path.exists() else ""
-    section = SECTION + "\n\n" + body.strip() + "\n"
-    m = re.search("^" + re.escape(SECTION) + "[ \t]*$", text, flags=re.M)
-    if m is None:
-        md_path.write_text((text.rstrip("\n") + "\n\n" if text.strip() else "") + section)
-        return
-    nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-    rest = text[m.end() + nxt.start():] if nxt else ""
-    md_path.write_text(text[:m.start()] + section + ("\n" + rest if rest else ""))
+    """Replace (or append at the end) SECTION of ``md_path``; everything else is kept byte for byte."""
+    helpers.write_section(md_path, SECTION, body)
 
 
 def main(argv: list[str] | None = None) -> int:
