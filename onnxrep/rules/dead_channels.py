@@ -140,6 +140,14 @@ class _Graph:
             self._set(out, dict(d))  # the mean / max / min of a constant map is the constant
         elif op == "Concat":
             self._set(out, self._concat_values(node))
+        elif op == "Split":
+            offsets = _split_offsets(node)
+            for o, off, n in zip(node.outputs, offsets or (), [_channels(o) for o in node.outputs]):
+                self._set(o, {c - off: v for c, v in d.items() if off <= c < off + n})
+        elif op == "Slice":
+            span = _slice_channels(self.ctx, node)
+            if span is not None:
+                self._set(out, {c - span[0]: v for c, v in d.items() if span[0] <= c < span[1]})
         elif op in ("Flatten", "Reshape"):
             hw = _flatten_block(self.ctx, node, x)
             if hw:
@@ -241,6 +249,18 @@ class _Graph:
                 return f"{op} '{node.name}' does not flatten channels first"
             stack.append((x, c // hw))
             return None
+        if op == "Split":
+            offsets = _split_offsets(node)
+            if offsets is None:
+                return f"Split '{node.name}' is not on the channels, or its sizes are unknown"
+            stack.append((x, offsets[[o is t for o in node.outputs].index(True)] + c))
+            return None
+        if op == "Slice":
+            span = _slice_channels(self.ctx, node)
+            if span is None:
+                return f"Slice '{node.name}' is not a constant slice of the channels"
+            stack.append((x, span[0] + c))
+            return None
         found = constant_affine(self.ctx, node)
         if found is not None:
             stack.append((found[0], c))
@@ -291,6 +311,20 @@ class _Graph:
                 return f"Concat '{node.name}' is not on the channels, or its input sizes are unknown"
             stack.extend((out, off + c) for i, off in zip(node.inputs, offsets) if i is t)
             return None
+        if op == "Split" and data:
+            offsets = _split_offsets(node)
+            if offsets is None:
+                return f"Split '{node.name}' is not on the channels, or its sizes are unknown"
+            i = max(k for k, off in enumerate(offsets) if off <= c)
+            stack.append((node.outputs[i], c - offsets[i]))
+            return None
+        if op == "Slice" and data:
+            span = _slice_channels(self.ctx, node)
+            if span is None:
+                return f"Slice '{node.name}' is not a constant slice of the channels"
+            if span[0] <= c < span[1]:
+                stack.append((out, c - span[0]))
+            return None  # a channel the slice does not take: only its bounds move
         found = constant_affine(self.ctx, node)
         if found is not None and found[0] is t:
             stack.append((out, c))
@@ -310,6 +344,10 @@ def _remove(ctx: GraphContext, graph: _Graph, components: list[_Component]) -> N
         for tid, c in comp.slots:
             removed[tid].add(c)
     tensors = graph.tensors
+    emptied = [tensors[tid].name for tid, cs in removed.items() if _channels(tensors[tid]) == len(cs)]
+    if emptied:
+        ctx.decline(emptied[0], f"every channel of '{emptied[0]}' is dead: left as it is (no tensor of 0 channels)")
+        return
     b = Builder(ctx, "pruned")
     region, cuts = [], []
     for node in list(ctx.graph.nodes):
@@ -317,6 +355,10 @@ def _remove(ctx: GraphContext, graph: _Graph, components: list[_Component]) -> N
             continue
         out_cut = removed.get(id(node.outputs[0]), set())
         in_cut = removed.get(id(node.inputs[0]), set()) if node.inputs else set()
+        if node.op == "Split" and (in_cut or any(id(o) in removed for o in node.outputs)):
+            _rewrite_split(ctx, node, [len(removed.get(id(o), ())) for o in node.outputs], b)
+            region.append(node)
+            continue
         if not out_cut and not in_cut:
             continue
         new = _rewritten(ctx, graph, node, in_cut, out_cut, b)
@@ -387,6 +429,14 @@ def _rewritten(ctx: GraphContext, graph: _Graph, node: gs.Node, in_cut: set, out
         return True
     if op == "Reshape" and out_cut:
         return _rewrite_width(ctx, node, len(out_cut), b)
+    if op == "Slice" and in_cut:
+        start, end = _slice_channels(ctx, node)
+        below = lambda i: sum(1 for c in in_cut if c < i)  # noqa: E731
+        inputs = list(node.inputs)
+        inputs[1] = b.const("starts", np.asarray([start - below(start)], np.int64))
+        inputs[2] = b.const("ends", np.asarray([end - below(end)], np.int64))
+        b.op("Slice", inputs, outputs=list(node.outputs), attrs=dict(node.attrs), name=node.name)
+        return True
     found = constant_affine(ctx, node) if op in ("Mul", "Add", "Sub", "Div") else None
     if found is not None:
         const_i = 0 if node.inputs[1] is found[0] else 1
@@ -453,6 +503,48 @@ def _clip_bounds(ctx: GraphContext, node: gs.Node) -> tuple[float, float]:
             else:
                 hi = float(v)
     return float(lo), float(hi)
+
+
+def _split_offsets(node: gs.Node) -> list[int] | None:
+    """First channel of each output of a Split on the channels (sizes from the outputs' shapes)."""
+    x = node.inputs[0]
+    rank = len(x.shape) if x.shape is not None else None
+    if rank is None or int(node.attrs.get("axis", 0)) % rank != 1:
+        return None
+    sizes = [_channels(o) for o in node.outputs]
+    if any(n is None for n in sizes) or sum(sizes) != _channels(x):
+        return None
+    return [int(v) for v in np.cumsum([0] + sizes[:-1])]
+
+
+def _rewrite_split(ctx: GraphContext, node: gs.Node, lost: list[int], b: Builder) -> None:
+    """The Split with explicit sizes, each output smaller by ``lost[i]`` channels."""
+    sizes = np.asarray([_channels(o) - k for o, k in zip(node.outputs, lost)], np.int64)
+    attrs = {k: v for k, v in node.attrs.items() if k not in ("split", "num_outputs")}
+    inputs = [node.inputs[0]]
+    if ctx.opset >= 13:
+        inputs.append(b.const("split", sizes))
+    else:
+        attrs["split"] = [int(v) for v in sizes]
+    b.op("Split", inputs, outputs=list(node.outputs), attrs=attrs, name=node.name)
+
+
+def _slice_channels(ctx: GraphContext, node: gs.Node) -> tuple[int, int] | None:
+    """``(start, end)`` of a Slice of the channels only (constant bounds, step 1), clipped to the input."""
+    x = node.inputs[0]
+    n = _channels(x)
+    if n is None or len(node.inputs) < 4 or ctx.opset < 10:
+        return None
+    starts, ends, axes = (ctx.constant(t) for t in node.inputs[1:4])
+    steps = ctx.constant(node.inputs[4]) if len(node.inputs) > 4 and not ctx.is_absent(node.inputs[4]) else None
+    if any(v is None or v.shape != (1,) for v in (starts, ends, axes)) or (steps is not None and int(steps[0]) != 1):
+        return None
+    if int(axes[0]) % len(x.shape) != 1:
+        return None
+    start, end = int(starts[0]), int(ends[0])
+    start, end = (start + n if start < 0 else start), (end + n if end < 0 else end)
+    start, end = min(max(start, 0), n), min(max(end, 0), n)
+    return (start, end) if start < end else None
 
 
 def _concat_offsets(node: gs.Node) -> list[int] | None:

@@ -146,3 +146,38 @@ def test_no_dead_channels_no_work():
     out, rep = run_opt(n.model(y))
     assert rule(rep, RULE).rewrites == 0 and not rule(rep, RULE).declines
     assert [o.op_type for o in out.graph.node] == ["Conv", "Relu", "Conv"]
+
+
+def test_split_and_slice_on_channels_move_their_bounds():
+    """conv(8, rows 1 and 6 zero) -> Relu -> Split [3, 5] -> two 1x1 convs; and a Slice [2:7] of it ->
+    1x1 conv: the split sizes become [2, 4], the slice [1:5]."""
+    n = Net()
+    r = n.relu(n.conv("x", 8, zero=(1, 6)))
+    s1, s2 = "split_a", "split_b"
+    n.nodes.append(helper.make_node("Split", [r, n.const(np.asarray([3, 5]), "sizes")], [s1, s2], name="split", axis=1))
+    n.inits[-1] = numpy_helper.from_array(np.asarray([3, 5], np.int64), n.inits[-1].name)
+    n.shapes[s1], n.shapes[s2] = [1, 3, 8, 8], [1, 5, 8, 8]
+    ya, yb = n.conv(s1, 4), n.conv(s2, 4)
+    sl = n.op("Slice", [r, n.const(np.asarray([2]), "st"), n.const(np.asarray([7]), "en"), n.const(np.asarray([1]), "ax")],
+              [1, 5, 8, 8])
+    for k in (-3, -2, -1):  # int64 bounds
+        n.inits[k] = numpy_helper.from_array(numpy_helper.to_array(n.inits[k]).astype(np.int64), n.inits[k].name)
+    yc = n.conv(sl, 4)
+    m = n.model(ya, yb, yc)
+    out, rep = run_opt(m)
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    split = next(o for o in out.graph.node if o.op_type == "Split")
+    slc = next(o for o in out.graph.node if o.op_type == "Slice")
+    assert list(inits[split.input[1]]) == [2, 4]
+    assert (int(inits[slc.input[1]][0]), int(inits[slc.input[2]][0])) == (1, 5)
+    assert [_weights(out, y)[0].shape[1] for y in (ya, yb, yc)] == [2, 4, 4]
+    assert _cuts(rep) == [(n.nodes[0].output[0], 8, 6)]
+    assert_verifies(m, out)
+
+
+def test_every_channel_dead_is_left_alone():
+    n = Net()
+    y = n.conv(n.relu(n.conv("x", 3, zero=(0, 1, 2))), 4)
+    out, rep = run_opt(n.model(y))
+    assert rule(rep, RULE).rewrites == 0
+    assert any("every channel" in d.reason for d in rule(rep, RULE).declines)
