@@ -3,16 +3,18 @@
 A Conv / Gemm output channel whose weights are all zero carries its bias (``algebra.channels``); a
 ResRep compactor merged into its conv leaves exactly such channels. The channel is followed as a
 *slot* ``(tensor, index)`` through every op that keeps channels apart: elementwise activations, BN,
-per-channel Mul / Add / Sub / Div, pooling, Identity / Dropout, a sum or product of two tensors (the
-channel must be dead in both), Concat on channels (offsets), Flatten (a channel becomes ``H*W``
-columns), and a depthwise conv (one filter per channel: the channel goes on, with a new constant).
+per-channel Mul / Add / Sub / Div, pooling and spatial Reduce*, Identity / Dropout, a sum or product of
+two tensors (the channel must be dead in both), Concat, Split and constant Slice on channels (offsets
+and bounds move), Flatten or a Reshape to ``(N, C*H*W)`` (a channel becomes ``H*W`` columns), and a
+depthwise conv (one filter per channel: the channel goes on, with a new constant).
 Where it ends, a consumer takes its constant into its bias: a groups-1 Conv (``v == 0`` or no
 padding) or a Gemm / MatMul.
 
 The slots joined this way form a component, removed as a whole or not at all: every slot must carry
 a known constant, start at a zero row (or pass a depthwise conv), and end in a consumer that can take
 it. A slot that is a graph output, is read inside an If / Loop / Scan body, or meets any other op
-(Split, Slice, Reshape, a custom op, a Conv weight input) keeps its component. The removal is one
+(a custom op, a grouped conv, a Conv weight input, a padded conv with a nonzero constant) keeps its
+component, and so does a tensor whose every channel is dead. The removal is one
 edit: the weights of every node on the way lose the channel, tensor shapes shrink, names stay.
 """
 from __future__ import annotations
