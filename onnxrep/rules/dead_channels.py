@@ -65,7 +65,10 @@ class EliminateDeadChannels(Pass):
         for (_, name, problem), (node, cs) in kept.items():
             ctx.decline(node, f"{len(cs)} dead channel(s) of '{name}' kept: {problem}")
         if components:
-            _remove(ctx, graph, components)
+            try:
+                _remove(ctx, graph, components)
+            except NotRepresentable as exc:  # e.g. a folded bias that float16 cannot hold
+                ctx.decline(graph.sources[0][0], f"dead channels kept: {exc}")
 
 
 # ---------------------------------------------------------------------------------- analysis
@@ -231,6 +234,8 @@ class _Graph:
             if w is not None and _is_depthwise(node, w, x):
                 stack.append((x, c))  # one filter per channel: the input channel goes with it
                 return None
+            if w is not None and int(node.attrs.get("group", 1)) != 1:
+                return f"'{node.name}' is a grouped conv (its groups would lose channels unevenly)"
             if w is not None and c in ch.row_constants(w, None):
                 return None  # a source row
             return f"'{node.name}' channel {c} is not a zero row"

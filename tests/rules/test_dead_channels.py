@@ -181,3 +181,13 @@ def test_every_channel_dead_is_left_alone():
     out, rep = run_opt(n.model(y))
     assert rule(rep, RULE).rewrites == 0
     assert any("every channel" in d.reason for d in rule(rep, RULE).declines)
+
+
+def test_grouped_conv_source_keeps_its_rows():
+    """A zero row of a grouped (not depthwise) conv: removing it would leave groups of unequal size."""
+    n = Net()
+    a = n.conv("x", 8, zero=(1,), group=2)
+    y = n.conv(n.relu(a), 4)
+    out, rep = run_opt(n.model(y))
+    assert rule(rep, RULE).rewrites == 0 and _weights(out, a)[0].shape == (8, 2, 1, 1)
+    assert any("grouped conv" in d.reason for d in rule(rep, RULE).declines)
