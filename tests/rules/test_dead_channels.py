@@ -191,3 +191,22 @@ def test_grouped_conv_source_keeps_its_rows():
     out, rep = run_opt(n.model(y))
     assert rule(rep, RULE).rewrites == 0 and _weights(out, a)[0].shape == (8, 2, 1, 1)
     assert any("grouped conv" in d.reason for d in rule(rep, RULE).declines)
+
+
+def test_gemm_zero_columns_removed_with_the_next_gemm_rows():
+    """Gemm (column 2 of B zero, C[2] = 0.7) -> Relu -> MatMul: the column goes, relu(0.7) * B2[2] becomes
+    the MatMul's bias (a Gemm now)."""
+    n = Net(hw=1)
+    flat = n.op("Flatten", ["x"], [1, 4], axis=1)
+    b1 = RNG.standard_normal((4, 6))
+    b1[:, 2] = 0
+    c1 = RNG.uniform(0.2, 1.0, 6)
+    c1[2] = 0.7
+    g1 = n.op("Gemm", [flat, n.const(b1), n.const(c1, "c")], [1, 6], beta=1.5)
+    y = n.op("MatMul", [n.relu(g1), n.const(RNG.standard_normal((6, 3)))], [1, 3])
+    m = n.model(y)
+    out, rep = run_opt(m)
+    assert [o.op_type for o in out.graph.node] == ["Flatten", "Gemm", "Relu", "Gemm"]
+    assert _weights(out, g1)[0].shape == (4, 5) and _weights(out, y)[0].shape == (5, 3)
+    assert _cuts(rep) == [(g1, 6, 5)]
+    assert_verifies(m, out)
