@@ -1380,7 +1380,14 @@ class Outcome:
 #: output declaration), "spatial-constant-crash" (a constant broadcasting along a spatial axis
 #: next to a BN crashed), "border-probe-alias" (verification outputs aliased input buffers) and
 #: "fp16-border-roundtrip" (a canonical border fill left unmerged computed y - v + v in float16).
-KNOWN_BUGS: dict[str, str] = {}
+KNOWN_BUGS: dict[str, str] = {
+    "cost-rank0-shape": (
+        "float16, opset 24: shape inference gives rank-0 shapes to the tensors after a Mul by an initializer "
+        "that is also a graph input, so the cost model counts the overflow block's conv at 1 pixel when kept "
+        "apart from its BN (144 MACs) and at 72 when merged (10.4 kMACs): the region is 'kept apart' by cost "
+        "and the expected float16 overflow decline never comes (nothing overflows: the output is exact). "
+        "Found by the 10,000-example run of 2026-11-30; present at the session's first commit (7aa6e33)"),
+}
 
 
 def _only_invented_dims(before: list, after: list) -> bool:
@@ -1601,7 +1608,8 @@ def check_property(case: FuzzCase) -> Outcome:
         known("border-probe-alias", f"a border fill was declined: {false_border[0]}")
     for want in case.expect_declines:
         if not any(want in r for r in reasons):
-            fail(f"expected a decline mentioning {want!r}, got {reasons}")
+            apart = want == "overflow" and any(r.startswith("kept apart") for r in reasons)
+            known("cost-rank0-shape" if apart else None, f"expected a decline mentioning {want!r}, got {reasons}")
     ifs_in = [n for n in model.graph.node if n.op_type == "If"]
     ifs_out = [n for n in out.graph.node if n.op_type == "If"]
     if len(ifs_in) != len(ifs_out):
