@@ -8,7 +8,8 @@ seed, generation phase only: no shrinking, no example database), runs ``check_pr
 and counts examples, rewrites, declines, mismatches, crashes, other property violations, hits
 of the known bugs, missed merges, the largest verification error and the time. Prints a table
 and writes ``docs/fuzzing.md`` (unless ``--no-write``). Every failing example is saved to
-``--save`` as ``.onnx`` plus an ``onnx.helper`` script that rebuilds it.
+``--save`` as ``.onnx`` plus an ``onnx.helper`` script that rebuilds it, and every missed merge as
+``missed_NNNN.onnx``.
 """
 from __future__ import annotations
 
@@ -100,6 +101,9 @@ def run(examples: int, seed_value: int, save: Path | None, progress_every: int =
             t.missed += 1
             if len(t.missed_examples) < 20:
                 t.missed_examples.append((repr(case), "; ".join(o.missed)))
+            if save is not None:  # kept for bisection, like the failures
+                save.mkdir(parents=True, exist_ok=True)
+                onnx.save(case.model, str(save / f"missed_{t.missed:04d}.onnx"))
         kind = ("invalid" if o.invalid else "crash" if o.crash else "mismatch" if o.mismatch else
                 "violation" if o.failures else None)
         if kind:
