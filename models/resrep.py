@@ -230,20 +230,17 @@ def compactor_layers(model: nn.Module) -> dict[str, CompactorConvBN]:
 
 
 # ---------------------------------------------------------------------------------------------- counting
-def count_params_macs(model: nn.Module, input_shape=(1, 3, 32, 32)) -> tuple[int, int]:
-    """``(parameters, MACs per sample)``: every parameter of ``model``; the multiply-accumulates of its
-    Conv2d and Linear layers on one input of ``input_shape`` (batch size divided out)."""
-    macs = [0]
+def _layer_macs(m: nn.Module, out: torch.Tensor) -> int:
+    """Multiply-accumulates of one Conv2d or Linear call per sample (``out``: its batch-1 output)."""
+    if isinstance(m, nn.Conv2d):
+        return out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+    return out[0].numel() * m.in_features
 
-    def conv_hook(m, inp, out):
-        k = m.kernel_size[0] * m.kernel_size[1]
-        macs[0] += out[0].numel() * (m.in_channels // m.groups) * k
 
-    def linear_hook(m, inp, out):
-        macs[0] += out[0].numel() * m.in_features
-
-    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def _forward_with_hook(model: nn.Module, input_shape, hook) -> None:
+    """One forward pass in eval mode on zeros of ``input_shape`` (batch 1) with ``hook`` on every Conv2d and
+    Linear; the hooks and the training flag are restored."""
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     try:
         model.eval()
@@ -254,6 +251,17 @@ def count_params_macs(model: nn.Module, input_shape=(1, 3, 32, 32)) -> tuple[int
         for h in hooks:
             h.remove()
         model.train(was_training)
+
+
+def count_params_macs(model: nn.Module, input_shape=(1, 3, 32, 32)) -> tuple[int, int]:
+    """``(parameters, MACs per sample)``: every parameter of ``model``; the multiply-accumulates of its
+    Conv2d and Linear layers on one input of ``input_shape`` (batch size divided out)."""
+    macs = [0]
+
+    def hook(m, inp, out):
+        macs[0] += _layer_macs(m, out)
+
+    _forward_with_hook(model, input_shape, hook)
     return sum(p.numel() for p in model.parameters()), macs[0]
 
 
@@ -271,28 +279,15 @@ def _deploy_mac_costs(model: ResRepResNet, input_shape) -> tuple[dict[str, int],
     def hook(m, inp, out):
         if id(m) in merged:
             return  # merged away in the deploy form
-        if isinstance(m, nn.Conv2d):
-            macs = out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-            cin, cout = m.in_channels, m.out_channels
-        else:
-            macs, cin, cout = out[0].numel() * m.in_features, m.in_features, m.out_features
+        macs = _layer_macs(m, out)
+        cin, cout = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
         total[0] += macs
         if m in convs:
             per_out[convs[m]] = macs // cout
         if m in succ:
             per_in[succ[m]] = macs // cin * (cin // layers[succ[m]].conv.out_channels)
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        model.eval()
-        dtype = next(model.parameters()).dtype
-        with torch.no_grad():
-            model(torch.zeros((1,) + tuple(input_shape[1:]), dtype=dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _forward_with_hook(model, input_shape, hook)
     return {n: per_out[n] + per_in[n] for n in layers}, total[0]
 
 
