@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 from onnx import defs, helper
 
-from .graph.foreign import ONNX_DOMAINS, onnx_opset
+from .graph.convert import default_opset
+from .graph.foreign import ONNX_DOMAINS
 from .graph.shapes import inferred_shapes
 from .graph.walk import inner_nodes, outer_reads
 from .inputs import VerifyError
@@ -234,7 +235,7 @@ def declaration(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
 
 def statically_blocked(model: onnx.ModelProto) -> set[tuple[str, ...]]:
     """Nodes whose op neither ONNX nor onnxruntime defines."""
-    opset = onnx_opset(model)
+    opset = default_opset(model)
     return {node_key(n) for n in model.graph.node if not known_to_runtime(n, opset)}
 
 

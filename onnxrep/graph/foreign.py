@@ -14,6 +14,7 @@ from typing import Iterator
 import onnx
 from onnx import defs
 
+from .convert import default_opset
 from .walk import all_nodes
 
 #: the domain unknown default-domain nodes are checked under
@@ -29,13 +30,9 @@ def _is_defined(node: onnx.NodeProto, opset: int) -> bool:
         return False
 
 
-def onnx_opset(model: onnx.ModelProto) -> int:
-    return next((int(i.version) for i in model.opset_import if i.domain in ONNX_DOMAINS), 1)
-
-
 def unregistered_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Default-domain nodes ONNX has no schema for at the model's opset (e.g. ``EfficientNMS_TRT``)."""
-    opset = onnx_opset(model)
+    opset = default_opset(model)
     defined: dict[str, bool] = {}  # by op type: one schema lookup each
     found = []
     for n in all_nodes(model.graph):
