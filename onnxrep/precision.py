@@ -105,16 +105,19 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _stated_types(model: onnx.ModelProto) -> set[int]:
-    """Every float type the model states: weights, inputs, outputs, value_info, Cast / Constant nodes."""
+def _single_float_type(model: onnx.ModelProto) -> set[int] | None:
+    """The model's one float type (as a set, empty when it has none) when every weight, input, output,
+    value_info, Cast / Constant node states the same one and no If / Loop / Scan body could hide
+    another; ``None`` otherwise (paths must be traced)."""
     g = model.graph
     found = {t.data_type for t in g.initializer}
     found.update(v.type.tensor_type.elem_type for v in list(g.input) + list(g.output) + list(g.value_info))
     for node in g.node:
-        found.update(_node_types(node))
         if bodies(node):
-            found.add(-1)  # a body may hold anything: trace
-    return {t for t in found if t in FLOAT_TYPES or t == -1} if -1 in found else found & FLOAT_TYPES
+            return None
+        found.update(_node_types(node))
+    found &= FLOAT_TYPES
+    return found if len(found) <= 1 else None
 
 
 def _node_types(node: onnx.NodeProto) -> Iterable[int]:
@@ -129,9 +132,9 @@ def _node_types(node: onnx.NodeProto) -> Iterable[int]:
 def output_precisions(model: onnx.ModelProto) -> dict[str, Precision]:
     """``{output name: Precision}``: the float types on each graph output's ancestor cone."""
     g = model.graph
-    stated = _stated_types(model)
-    if len(stated) <= 1:  # one float type in the whole model: no need to trace paths
-        return {out.name: Precision(frozenset(stated)) for out in g.output}
+    single = _single_float_type(model)
+    if single is not None:  # one float type in the whole model: no need to trace paths
+        return {out.name: Precision(frozenset(single)) for out in g.output}
     producer = {o: n for n in g.node for o in n.output if o}
     types = _elem_types(model)
     result = {}
