@@ -1,4 +1,5 @@
 """Built-in rules, one per file, all written with the public API in ``onnxrep.pattern``."""
+from .bn_across_reshape import MoveBatchNormBeforeReshape
 from .border_fill import CanonicalizeBorderFill
 from .collapse_linear import CollapseLinearRegions
 from .dead_channels import EliminateDeadChannels
@@ -6,14 +7,17 @@ from .fold_bn_before_gemm import FoldBatchNormBeforeGemm
 from .fold_bn_into_convtranspose import FoldBatchNormIntoConvTranspose
 from .fold_bn_into_gemm import FoldBatchNormIntoGemm
 from .fold_constants import FoldConstants
+from .fold_conv_into_fc import FoldConvIntoFC
+from .merge_reshapes import MergeReshapes
 from .prune_compactors import PruneCompactorRows
 
 
 def default_rules():
     """Fresh instances of every built-in rule, in priority order."""
     return sorted([FoldConstants(), CanonicalizeBorderFill(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormBeforeGemm(),
-                   FoldBatchNormIntoConvTranspose(), EliminateDeadChannels()],
+                   FoldBatchNormIntoConvTranspose(), EliminateDeadChannels(), MoveBatchNormBeforeReshape(), FoldConvIntoFC(),
+                   MergeReshapes()],
                   key=lambda r: r.priority)
 
 
-__all__ = ["CanonicalizeBorderFill", "CollapseLinearRegions", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "default_rules"]
+__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "default_rules"]
