@@ -1,9 +1,9 @@
 """Training-form reference networks (RepVGG, ACNet, DBB, MobileOne, FastViT, RepViT, RepGhost, RepLKNet,
-YOLOv6/v7/v10), their PyTorch deploy conversions, and an ONNX export helper. Used from the repo root:
+RepMLPNet, YOLOv6/v7/v10), their PyTorch deploy conversions, and an ONNX export helper. Used from the repo root:
 ``import models`` / ``python -m models``. The modern families are modules (``models.fastvit`` ...):
 their block names overlap (``MobileOneBlock``, ``RepVGGBlock``).
 """
-from . import fastvit, mobileone, repghost, replknet, repvit, yolo
+from . import fastvit, mobileone, repghost, replknet, repmlp, repvit, yolo
 from .acnet import (ACBasicBlock, ACBlock, ACResNet, acnet_crop_tiny, acnet_k5_tiny,
                     acnet_model_convert, acnet_resnet18_tiny)
 from .common import conv_bn, count_convs, fuse_conv_bn, randomize_bn_, seed_everything
@@ -14,7 +14,7 @@ from .repvgg import (RepVGG, RepVGGBlock, repvgg_a0, repvgg_a0_g4, repvgg_model_
                      repvgg_tiny)
 
 __all__ = [
-    "fastvit", "mobileone", "repghost", "replknet", "repvit", "yolo",
+    "fastvit", "mobileone", "repghost", "replknet", "repmlp", "repvit", "yolo",
     "ACBasicBlock", "ACBlock", "ACResNet", "acnet_crop_tiny", "acnet_k5_tiny",
     "acnet_model_convert", "acnet_resnet18_tiny",
     "BNAndPadLayer", "DiverseBranchBlock", "IdentityBasedConv1x1", "dbb_model_convert", "dbb_resnet18_tiny",

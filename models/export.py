@@ -23,7 +23,7 @@ from .acnet import ACBlock, acnet_crop_tiny, acnet_k5_tiny, acnet_model_convert,
 from .common import randomize_bn_, seed_everything
 from .dbb import DiverseBranchBlock, dbb_model_convert, dbb_resnet18_tiny, dbb_tiny
 from .repvgg import RepVGGBlock, repvgg_a0, repvgg_a0_g4, repvgg_model_convert, repvgg_tiny
-from . import fastvit, mobileone, repghost, replknet, repvit, resrep, yolo
+from . import fastvit, mobileone, repghost, replknet, repmlp, repvit, resrep, yolo
 
 __all__ = ["ModelSpec", "MODELS", "build", "export_onnx", "export_pair", "DYNAMO_MIN_OPSET"]
 
@@ -103,6 +103,11 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("yolov7_implicit", yolo.yolov7_implicit, yolo.yolov7_model_convert, block_type=yolo.RepConv,
               description="YOLOv7-tiny-like with RepConv and an IDetect head (ImplicitA / ImplicitM)",
               tags=("yolo", "repvgg", "modern")),
+    ModelSpec("repmlpnet_tiny", repmlp.repmlpnet_tiny, repmlp.repmlp_model_convert, input_shape=(1, 3, 64, 64),
+              block_type=repmlp.RepMLPBlock,
+              description="RepMLPNet layout, widths 16-128, 5 RepMLPBlocks (2x2 partitions in stages 1-2), "
+                          "conv 1x1 + 3x3 injected into the partition FC",
+              tags=("repmlp", "fc", "small", "modern")),
     # trained: the factory runs ResRep's trainer (seeded, ~15 s on first use, cached in memory)
     ModelSpec("resrep_resnet", resrep.resrep_resnet_trained, resrep.resrep_model_convert, input_shape=(1, 3, 32, 32),
               block_type=resrep.CompactorConvBN,
