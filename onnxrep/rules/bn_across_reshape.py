@@ -7,9 +7,11 @@ normalized by a BN over ``S`` channels. When a Reshape maps each input channel t
 
     BN_S(Reshape(u)) = Reshape(BN_C(u))   with every BN parameter repeated ``r`` times (``np.repeat``).
 
-Moved before the Reshape, the BN follows its conv directly and the region collapse folds it
-(``W' = W s[o]``, ``b' = s b + t``). It is moved only then: on its own the repeated BN would carry
-``r`` times the parameters.
+Moved before the Reshape, the BN follows its conv (or Gemm) directly and is folded into it
+(``W' = W s[o]``, ``b' = s b + t``). It is moved only when that fold does not add parameters: the
+absorber already has a bias (the BN's ``4 S`` parameters go), or ``C <= 4 S`` (a new bias of ``C``).
+RepMLP's bias-free FC over ``S·h·w`` channels is the other case: ``fold-conv-into-fc`` folds its BN
+together with the conv branches, whose bias it needs anyway.
 """
 from __future__ import annotations
 
@@ -21,6 +23,12 @@ from .views import sample_shape
 
 #: producers that absorb a BN on their output channels (the collapse, fold-bn-into-gemm)
 _ABSORBERS = ("Conv", "Gemm", "MatMul")
+
+
+def _has_bias(ctx, node) -> bool:
+    if node.op == "MatMul":
+        return False
+    return len(node.inputs) > 2 and not ctx.is_absent(node.inputs[2])
 
 
 class MoveBatchNormBeforeReshape(PatternRule):
@@ -54,6 +62,10 @@ class MoveBatchNormBeforeReshape(PatternRule):
         params = [m.ctx.constant(m.tensor(k)) for k in ("scale", "bias", "mean", "var")]
         if any(p is None or p.ndim != 1 for p in params):
             return "BatchNormalization parameters are not constant vectors"
+        channels, bn_params = r * params[0].shape[0], 4 * params[0].shape[0]
+        if not _has_bias(m.ctx, producer) and channels > bn_params:
+            return (f"folded before the Reshape it would add a bias of {channels} to a producer without one "
+                    f"(the BN has {bn_params} parameters)")
         return None
 
     def rewrite(self, m, b):

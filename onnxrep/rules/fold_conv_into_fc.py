@@ -10,8 +10,9 @@ the same numbers: with ``x`` a row of ``T`` (row-major, so every view of ``T`` h
 where ``M`` is the conv's matrix on the fixed size (``algebra.conv_fc``). The branches' outputs are
 viewed alike before the Add (same shape; views keep the row-major order), so the sum is the merged
 FC's output, viewed as the FC branch's was. The region collapse first merges the conv branches and
-their BNs into one conv (and the FC's BN, once ``move-bn-before-reshape`` put it next to the FC); this
-rule then folds that conv into the FC. A Gemm / MatMul FC (2-D rows, constant weight) is
+their BNs into one conv; this rule then folds that conv into the FC, and with it the BNs between the FC
+and the Add (RepMLP's BN over ``S`` share-sets after a Reshape): the FC's output channel ``j`` is element
+``j`` of a row, so a BN over ``S`` channels of that row scales it by ``s[j // (O/S)]``. A Gemm / MatMul FC (2-D rows, constant weight) is
 the pointwise conv with ``W = alpha op(B)^T`` and bias ``beta C``, and is written back as a Gemm. It merges only when the result costs no more than the two
 branches (``Cost.no_worse``): a conv's groups that do not fit the FC's blocks would densify it.
 """
@@ -22,18 +23,48 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import ConvForm, NotRepresentable, add, cast_back, is_pointwise
+from ..algebra import AffineForm, ConvForm, NotRepresentable, add, cast_back, conv_then_affine, is_pointwise
 from ..algebra.conv_fc import conv_as_fc
 from ..algebra.forms import f64
 from ..cost import conv_cost
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..report import MergedConv
 from ..rule import Pass
-from .linear_ops import conv_form, gemm_attrs
-from .views import sample_shape, view_source
+from .linear_ops import bn_form, conv_form, gemm_attrs
+from .views import is_view, sample_shape, view_source
 
 
 _FC_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def fc_chain(ctx: GraphContext, t: gs.Tensor) -> tuple[gs.Tensor, list[gs.Node]]:
+    """Like ``view_source``, also through inference BatchNormalizations: the FC's output and the nodes
+    from it to ``t``."""
+    chain = []
+    node = ctx.producer(t)
+    while node is not None and node.inputs and (is_view(node) or (
+            node.op == "BatchNormalization" and is_onnx_op(node) and len([o for o in node.outputs if o.name]) == 1)):
+        chain.append(node)
+        t = node.inputs[0]
+        node = ctx.producer(t)
+    chain.reverse()
+    return t, chain
+
+
+def after_bns(ctx: GraphContext, fc: ConvForm, chain: list[gs.Node]) -> ConvForm:
+    """The FC followed by the chain's BNs, each over a view of the FC's rows (``O`` divisible by its
+    channels ``S``: output channel ``j`` is in BN channel ``j // (O / S)``)."""
+    for node in chain:
+        if node.op != "BatchNormalization":
+            continue
+        shape = sample_shape(node.inputs[0])
+        if not shape or fc.out_channels % shape[0]:
+            raise NotRepresentable(f"a BatchNormalization over {shape[0] if shape else '?'} channels of the FC's "
+                                   f"{fc.out_channels} outputs", code="channels")
+        s, t = bn_form(ctx, node).vectors(shape[0])
+        r = fc.out_channels // shape[0]
+        fc = conv_then_affine(fc, AffineForm(np.repeat(s, r), np.repeat(t, r)))
+    return fc
 
 
 def fc_form(ctx: GraphContext, fc: gs.Node, n_spatial: int) -> ConvForm:
@@ -81,7 +112,7 @@ class FoldConvIntoFC(Pass):
     def branches(ctx: GraphContext, add_node: gs.Node, a: gs.Tensor, c: gs.Tensor):
         """``(fc, fc_views, conv, conv_views)`` when ``a`` views an FC's output and ``c`` a conv's on the
         same rows; ``None`` when the Add is not such a sum; a string when it is but cannot merge."""
-        fc_out, fc_views = view_source(ctx, a)
+        fc_out, fc_views = fc_chain(ctx, a)
         conv_out, conv_views = view_source(ctx, c)
         fc, conv = ctx.producer(fc_out), ctx.producer(conv_out)
         if not (fc is not None and conv is not None and is_onnx_op(fc) and is_onnx_op(conv)
@@ -109,7 +140,7 @@ class FoldConvIntoFC(Pass):
                 conv: gs.Node, conv_views: list[gs.Node]) -> None:
         try:
             conv_f = conv_form(ctx, conv)
-            fc_f = fc_form(ctx, fc, conv_f.n_spatial)
+            fc_f = after_bns(ctx, fc_form(ctx, fc, conv_f.n_spatial), fc_views)
             in_size = sample_shape(conv.inputs[0])[1:]
             matrix, out_size = conv_as_fc(conv_f, in_size)
             merged = add(fc_f, matrix)
@@ -137,11 +168,12 @@ class FoldConvIntoFC(Pass):
             attrs = {"transB": 1}
             fc_op, w_fc = "Gemm", w.reshape(w.shape[:2])
         out = add_node.outputs[0]
-        # the merged FC writes what the FC wrote, viewed as before; the last view writes the sum
-        results = [fc.outputs[0]] + [v.outputs[0] for v in fc_views]
+        # the merged FC writes what the FC wrote, viewed as before (the BNs are in it); the last view the sum
+        views = [v for v in fc_views if v.op != "BatchNormalization"]
+        results = [fc.outputs[0]] + [v.outputs[0] for v in views]
         outputs = [builder.tensor("fc", dtype=r.dtype, shape=r.shape) for r in results[:-1]] + [out]
         t = fc.inputs[0]
-        for node, result in zip([fc] + fc_views, outputs):
+        for node, result in zip([fc] + views, outputs):
             if node is fc:
                 t = builder.op(fc_op, [t, builder.const("weight", w_fc), builder.const("bias", b)], outputs=[result],
                                attrs=attrs)[0]
