@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips th
 
 NETWORKS = ["repvgg_a0", "repvgg_a0_g4", "acnet_resnet18", "acnet_k5", "acnet_crop", "dbb_resnet18",
             "mobileone_s0", "fastvit_t8", "repvit_m0_9", "repghost_0_5", "replknet_tiny", "yolov6_repconv",
-            "yolov10n", "yolov7_implicit", "resrep_resnet"]
+            "yolov10n", "yolov7_implicit", "resrep_resnet", "repmlpnet_tiny"]
 MODES = {
     "legacy": dict(dynamo=False),
     "dynamo": dict(dynamo=True),

@@ -13,8 +13,11 @@ FC's output, viewed as the FC branch's was. The region collapse first merges the
 their BNs into one conv; this rule then folds that conv into the FC, and with it the BNs between the FC
 and the Add (RepMLP's BN over ``S`` share-sets after a Reshape): the FC's output channel ``j`` is element
 ``j`` of a row, so a BN over ``S`` channels of that row scales it by ``s[j // (O/S)]``. A Gemm / MatMul FC (2-D rows, constant weight) is
-the pointwise conv with ``W = alpha op(B)^T`` and bias ``beta C``, and is written back as a Gemm. It merges only when the result costs no more than the two
-branches (``Cost.no_worse``): a conv's groups that do not fit the FC's blocks would densify it.
+the pointwise conv with ``W = alpha op(B)^T`` and bias ``beta C``, and is written back as a Gemm. It merges only when the result costs no more MACs than the
+two branches and no more parameters but one: a bias-free FC (RepMLP's fc3) takes on a bias of its width
+``O = S·h·w``, where the branches had ``S`` per BN and conv (the authors' deploy FC has the same bias; a
+branch and its nodes go). A conv whose groups do not fit the FC's blocks would densify it: declined when
+that costs more.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import onnx_graphsurgeon as gs
 from ..algebra import AffineForm, ConvForm, NotRepresentable, add, cast_back, conv_then_affine, is_pointwise
 from ..algebra.conv_fc import conv_as_fc
 from ..algebra.forms import f64
-from ..cost import conv_cost
+from ..cost import Cost, conv_cost
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..report import MergedConv
 from ..rule import Pass
@@ -147,9 +150,13 @@ class FoldConvIntoFC(Pass):
         except NotRepresentable as exc:
             ctx.decline(add_node, f"conv not folded into the FC: {exc}")
             return
-        before = conv_cost(fc_f.weight_shape, 1, bias=True) + conv_cost(conv_f.weight_shape, math.prod(out_size))
+        fc_bias = fc.op != "MatMul" and len(fc.inputs) > 2 and not ctx.is_absent(fc.inputs[2])
+        bn_params = sum(4 * sample_shape(n.inputs[0])[0] for n in fc_views if n.op == "BatchNormalization")
+        before = (conv_cost(fc_f.weight_shape, 1, bias=fc_bias) + Cost(0, bn_params, 0)
+                  + conv_cost(conv_f.weight_shape, math.prod(out_size), bias=bool(conv_f.bias.any())))
         after = conv_cost(merged.weight_shape, 1, bias=True)
-        if not after.no_worse(before):
+        # the one growth allowed: the bias a bias-free FC takes on (one vector of its width) to drop a branch
+        if after.macs > before.macs or after.params - before.params > (0 if fc_bias else merged.out_channels):
             ctx.decline(add_node, f"conv not folded into the FC: costlier merged ({after.describe()} per sample, "
                                   f"groups {fc_f.groups} and {conv_f.groups} -> {merged.groups}) than apart "
                                   f"({before.describe()})")

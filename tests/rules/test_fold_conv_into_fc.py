@@ -30,6 +30,8 @@ def test_block_becomes_one_fc(s, c, hw, parts, ks):
     assert [a.i for a in fc.attribute if a.name == "group"] == [s]
     # fc3 has no bias: its BN (4 S parameters) is folded with the conv branch, whose bias it needs anyway
     assert rewrites(rep)[FOLD] == 1 and "move-bn-before-reshape" not in rewrites(rep)
+    # fewer MACs; parameters grow by at most fc3's new bias (S·h·w, the authors' deploy fc3 has it too)
+    assert rep.after.macs < rep.before.macs and rep.after.params <= rep.before.params + s * hw[0] * hw[1]
     # partition (Reshape, Transpose), rows (Reshape), FC, one Reshape back, Transpose, Reshape
     assert hist == {"Reshape": 4, "Transpose": 2, "Conv": 1}, hist
     for batch in (1, 3):
