@@ -69,6 +69,8 @@ class RuleRecord:
     merged: list[MergedConv] = field(default_factory=list)
     #: layers whose output channels the rule removed
     channels: list[ChannelCut] = field(default_factory=list)
+    #: why cost-gated rewrites fired, ``(node, why)``
+    fired: list[tuple[str, str]] = field(default_factory=list)
     #: why the rule did not run (its opset range), or None
     skipped: str | None = None
     #: what a rule remembers from sweep to sweep, per graph (``ctx.memory``)
@@ -77,6 +79,7 @@ class RuleRecord:
     def to_dict(self) -> dict:
         return {"name": self.name, "rewrites": self.rewrites, "nodes_removed": self.nodes_removed,
                 "skipped": self.skipped, "channels_removed": [asdict(c) for c in self.channels],
+                "fired": [{"node": n, "why": w} for n, w in self.fired],
                 "declined": [{"node": d.node, "reason": d.reason, "kind": d.kind} for d in self.declines]}
 
 
@@ -177,6 +180,11 @@ def format_report(report: Report, src: str = "", dest: str | None = None, explai
             lines += ["", f"{what}: {removed} in {len(r.channels)} layer(s): "
                           + ", ".join(f"'{c.node}' {c.before}->{c.after}" for c in r.channels[:12])
                           + (f", ... ({len(r.channels) - 12} more)" if len(r.channels) > 12 else "")]
+    for r in report.rules:
+        for node, why in r.fired[:8]:
+            lines.append(f"{r.name} at '{node}': {why}")
+        if len(r.fired) > 8:
+            lines.append(f"{r.name}: ... ({len(r.fired) - 8} more)")
     for r in report.rules:
         if r.skipped:
             lines.append(f"note: rule '{r.name}' skipped: {r.skipped}")

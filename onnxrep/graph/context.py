@@ -163,6 +163,10 @@ class GraphContext(ConstantQueries):
         name = node if isinstance(node, str) else (node.name or node.op)
         self.record.declines.append(Decline(self.record.name, name, str(reason), kind))
 
+    def fired(self, node: gs.Node | str, why: str) -> None:
+        """Record why the running rule rewrote at ``node`` (cost-gated rewrites say what they saved)."""
+        self.record.fired.append((node if isinstance(node, str) else (node.name or node.op), why))
+
     def merged(self, conv: MergedConv) -> None:
         """Record a conv the running rule wrote (its per-channel weight range, for the report)."""
         self.record.merged.append(conv)

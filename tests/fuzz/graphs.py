@@ -926,11 +926,12 @@ class _Gen:
         self.features.add("unmergeable-" + why)
         return y, f"pair[{la}, {lb}]", why
 
-    def costly_block(self, x: str) -> tuple[str, str, str]:
+    def costly_block(self, x: str) -> tuple[str, str, str | None]:
         """Exact but costlier as one conv, so its two convs must stay: a depthwise KxK -> 1x1
         expansion (merged: C*E*K^2 > C*K^2 + C*E per pixel), a 1x1 reduction -> KxK (merged C*C*K^2/s^2
         > C*R + R*C*K^2/s^2), or a depthwise KxK beside a dense 1x1 (merged C^2*K^2 > C*K^2 + C^2);
-        with BNs / affines around, stride-2 variants. Returns (out, label, why)."""
+        with BNs / affines around, stride-2 variants. Returns (out, label, why); ``why`` None on a static map
+        smaller than the kernel, where the two convs need not stay."""
         cin, h, w = self.shapes[x]
         kind = self.pick(["dw-expand", "reduce-kxk", "dw-beside-dense"])
         c = cin
@@ -977,6 +978,10 @@ class _Gen:
             y, lab = self.affine_op(y, e)
             label += f" then {lab}"
         self.features.add("costly-" + kind)
+        if not self.spatial_dynamic and h * w < k * k:
+            # a KxK kernel on a map smaller than itself mostly reads padding: as an FC over the map's pixels
+            # (conv-to-fc) it can cost less, and then merge; the block is no longer costlier as one conv
+            return y, f"costly[{label}]", None
         return y, f"costly[{label}]", "costly-" + kind
 
     def convt_block(self, x: str) -> tuple[str, str]:
@@ -1137,7 +1142,8 @@ def training_graphs(draw, max_blocks: int = 4, allow_if: bool = True, float16_sh
             t, label = g.overflow_block(t)
         elif bounded and g.coin(0.12):
             t, label, why = g.costly_block(t)
-            g.regions.append(Region(start, t, why))
+            if why is not None:
+                g.regions.append(Region(start, t, why))
         elif bounded and g.coin(0.2):
             if g.coin(0.6):
                 t, label, why = g.pair_block(t)
