@@ -12,11 +12,13 @@ viewed alike before the Add (same shape; views keep the row-major order), so the
 FC's output, viewed as the FC branch's was. The region collapse first merges the conv branches and
 their BNs into one conv; this rule then folds that conv into the FC, and with it the BNs between the FC
 and the Add (RepMLP's BN over ``S`` share-sets after a Reshape): the FC's output channel ``j`` is element
-``j`` of a row, so a BN over ``S`` channels of that row scales it by ``s[j // (O/S)]``. A Gemm / MatMul FC (2-D rows, constant weight) is
-the pointwise conv with ``W = alpha op(B)^T`` and bias ``beta C``, and is written back as a Gemm. It merges only when the result costs no more MACs than the
-two branches and no more parameters but one: a bias-free FC (RepMLP's fc3) takes on a bias of its width
-``O = S·h·w``, where the branches had ``S`` per BN and conv (the authors' deploy FC has the same bias; a
-branch and its nodes go). A conv whose groups do not fit the FC's blocks would densify it: declined when
+``j`` of a row, so a BN over ``S`` channels of that row (viewed as one sample) scales it by
+``s[j // (O/S)]``. A Gemm / MatMul FC (2-D rows, constant weight) is the pointwise conv with
+``W = alpha op(B)^T`` and bias ``beta C``, and is written back as a Gemm.
+
+It merges only when the result costs no more MACs than the two branches and no more parameters but one:
+a bias-free FC (RepMLP's fc3) takes on a bias of its width ``O = S·h·w``, where the branches had ``S`` per
+BN and conv (the authors' deploy FC has the same bias; a branch and its nodes go). A conv whose groups do not fit the FC's blocks would densify it: declined when
 that costs more.
 """
 from __future__ import annotations
@@ -61,8 +63,8 @@ def after_bns(ctx: GraphContext, fc: ConvForm, chain: list[gs.Node]) -> ConvForm
         if node.op != "BatchNormalization":
             continue
         shape = sample_shape(node.inputs[0])
-        if not shape or fc.out_channels % shape[0]:
-            raise NotRepresentable(f"a BatchNormalization over {shape[0] if shape else '?'} channels of the FC's "
+        if not shape or math.prod(shape) != fc.out_channels or fc.out_channels % shape[0]:
+            raise NotRepresentable(f"a BatchNormalization over a view {shape} that is not one row of the FC's "
                                    f"{fc.out_channels} outputs", code="channels")
         s, t = bn_form(ctx, node).vectors(shape[0])
         r = fc.out_channels // shape[0]

@@ -103,3 +103,22 @@ def test_branches_viewed_differently_are_not_summed_as_rows():
     out, rep = run_opt(m)
     assert op_histogram(out)["Conv"] == 2 and FOLD not in rewrites(rep)
     assert_verifies(m, out)
+
+
+def test_bn_over_a_view_of_several_rows_is_not_folded():
+    """A BN on the 6-D view (channel axis = the partitions, several FC rows per sample) is not a scale per
+    FC output: the rule declines, nothing changes."""
+    g = GraphBuilder(13)
+    s, h, w = 2, 4, 4
+    t = g.node("Reshape", ["x", shape(g, -1, 2, s, h, w)])  # x rows: 2 partitions of S·h·w
+    rows = g.node("Reshape", [t, shape(g, -1, s * h * w, 1, 1)])
+    f = g.node("Reshape", [g.conv(rows, s * h * w, s * h * w, 1, group=s, bias=False), shape(g, -1, 2, s, h, w)])
+    f = g.bn(f, 2)
+    view = g.node("Reshape", [t, shape(g, -1, s, h, w)])
+    c = g.node("Reshape", [g.conv(view, s, s, 3, pads=1, group=s), shape(g, -1, 2, s, h, w)])
+    y = g.add(f, c, "y")
+    m = g.model({"x": ("N", 2 * s * h * w)}, [y])
+    out, rep = run_opt(m)
+    assert op_histogram(out)["Conv"] == 2 and FOLD not in rewrites(rep)
+    assert any("not one row of the FC's 32 outputs" in r for r in reasons(rep, FOLD)), reasons(rep, FOLD)
+    assert_verifies(m, out, input_shapes={"x": (3, 2 * s * h * w)})
