@@ -2,7 +2,7 @@
 from .bn_across_reshape import MoveBatchNormBeforeReshape
 from .border_fill import CanonicalizeBorderFill
 from .collapse_linear import CollapseLinearRegions
-from .conv_to_fc import ConvToFC
+from .crop_dead_taps import CropDeadTaps
 from .dead_channels import EliminateDeadChannels
 from .fold_bn_before_gemm import FoldBatchNormBeforeGemm
 from .fold_bn_into_convtranspose import FoldBatchNormIntoConvTranspose
@@ -17,8 +17,8 @@ def default_rules():
     """Fresh instances of every built-in rule, in priority order."""
     return sorted([FoldConstants(), CanonicalizeBorderFill(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormBeforeGemm(),
                    FoldBatchNormIntoConvTranspose(), EliminateDeadChannels(), MoveBatchNormBeforeReshape(), FoldConvIntoFC(),
-                   MergeReshapes(), ConvToFC()],
+                   MergeReshapes(), CropDeadTaps()],
                   key=lambda r: r.priority)
 
 
-__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "ConvToFC", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "default_rules"]
+__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "default_rules"]

@@ -979,8 +979,8 @@ class _Gen:
             label += f" then {lab}"
         self.features.add("costly-" + kind)
         if not self.spatial_dynamic and h * w < k * k:
-            # a KxK kernel on a map smaller than itself mostly reads padding: as an FC over the map's pixels
-            # (conv-to-fc) it can cost less, and then merge; the block is no longer costlier as one conv
+            # a KxK kernel on a map smaller than itself mostly reads padding: cropped to the taps that read
+            # the map (crop-dead-taps) it can cost less, and then merge; no longer costlier as one conv
             return y, f"costly[{label}]", None
         return y, f"costly[{label}]", "costly-" + kind
 
