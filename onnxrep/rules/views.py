@@ -8,8 +8,6 @@ shape is the tensor's shape without axis 0, static or unknown (``None``).
 """
 from __future__ import annotations
 
-import math
-
 import onnx_graphsurgeon as gs
 
 from ..graph import GraphContext, is_onnx_op
@@ -27,11 +25,6 @@ def sample_shape(t: gs.Tensor) -> tuple[int, ...] | None:
     if shape is None or len(shape) < 1 or not all(isinstance(d, int) and d >= 0 for d in shape[1:]):
         return None
     return tuple(int(d) for d in shape[1:])
-
-
-def sample_size(t: gs.Tensor) -> int | None:
-    s = sample_shape(t)
-    return None if s is None else math.prod(s)
 
 
 def view_source(ctx: GraphContext, t: gs.Tensor) -> tuple[gs.Tensor, list[gs.Node]]:

@@ -1160,6 +1160,8 @@ def training_graphs(draw, max_blocks: int = 4, allow_if: bool = True, float16_sh
                     g.regions.append(Region(start, t, why, "merge"))
                 if status != "keep":
                     why = None
+                elif not spatial_dynamic and any(n < ax.K for ax, n in zip(axes, g.shapes[start][1:])):
+                    why = None  # a map smaller than the kernel: crop-dead-taps may drop the padded taps
             if why:
                 g.regions.append(Region(start, t, why))
         elif g.coin(0.07):

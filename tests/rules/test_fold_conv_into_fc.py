@@ -2,7 +2,6 @@
 its FC, on blocks written as ONNX by hand."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from checks import assert_verifies, reasons, rewrites, run_opt
