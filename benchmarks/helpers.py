@@ -52,6 +52,26 @@ def load_average() -> str:
         return "n/a"
 
 
+def forms_table(forms: dict, latency: dict, base: str, columns) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)``: one row per model form, ``columns`` ``(title, stats -> cell)`` of its
+    ``graph_stats``, then its latency and the change against form ``base``."""
+    from onnxrep.stats import graph_stats
+    header = ["form", *(title for title, _ in columns), "latency ms median [p10–p90]", f"vs {base}"]
+    rows = []
+    for name, model in forms.items():
+        stats = graph_stats(model)
+        rows.append([name, *(cell(stats) for _, cell in columns), latency[name].cell(),
+                     f"{100 * (latency[name].median / latency[base].median - 1):+.1f}%"])
+    return header, rows
+
+
+def timing_stamp(command: str, rounds: int, shape) -> str:
+    """The first line of a benchmark section: the command, date, revision, CPU, timing method, input."""
+    import datetime
+    return (f"`{command}` ({datetime.date.today().isoformat()}, onnxrep at {git_revision()}, {cpu_model()}, "
+            f"1 onnxruntime thread, {rounds} interleaved rounds, input {'x'.join(map(str, shape))}).")
+
+
 def write_section(md_path: Path, heading: str, body: str) -> None:
     """Replace (or append at the end) the level-2 section ``heading`` of ``md_path``; everything else
     is kept byte for byte. A section runs from its heading to the next level-2 heading (or the end)."""

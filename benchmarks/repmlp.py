@@ -12,7 +12,6 @@ weights and BN statistics, exported by torch's legacy exporter; ``--config tiny`
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import sys
 import tempfile
 import time
@@ -24,8 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import onnx  # noqa: E402
 
 import onnxrep  # noqa: E402
-from helpers import cpu_model, git_revision, md_table, text_table, write_section  # noqa: E402
-from onnxrep.stats import graph_stats  # noqa: E402
+from helpers import forms_table, md_table, text_table, timing_stamp, write_section  # noqa: E402
 from run import measure_latency  # noqa: E402
 
 SECTION = "## RepMLP"
@@ -66,19 +64,13 @@ def main(argv=None) -> int:
     took = time.perf_counter() - t0
     check = onnxrep.verify(forms["train"], forms["onnxrep"])
     latency, rounds, _ = measure_latency(forms, shape, args.rounds, args.seconds, warmup=5)
-    base = latency["deploy"].median
-    rows = []
-    for name, m in forms.items():
-        s = graph_stats(m)
-        rows.append([name, f"{s.convs}", f"{s.ops.get('BatchNormalization', 0)}", f"{s.nodes}", f"{s.params:,}",
-                     f"{s.macs:,}", latency[name].cell(), f"{100 * (latency[name].median / base - 1):+.1f}%"])
-    header = ["form", "Conv", "BN", "nodes", "parameters", "MACs", "latency ms median [p10–p90]", "vs deploy"]
+    header, rows = forms_table(forms, latency, "deploy", [
+        ("Conv", lambda s: f"{s.convs}"), ("BN", lambda s: f"{s.ops.get('BatchNormalization', 0)}"),
+        ("nodes", lambda s: f"{s.nodes}"), ("parameters", lambda s: f"{s.params:,}"), ("MACs", lambda s: f"{s.macs:,}")])
     print(text_table(header, rows))
     folded = sum(r.rewrites for r in report.rules if r.name == "fold-conv-into-fc")
     body = "\n".join([
-        f"`python benchmarks/repmlp.py --config {args.config}` ({_dt.date.today().isoformat()}, onnxrep at "
-        f"{git_revision()}, {cpu_model()}, 1 onnxruntime thread, {rounds} interleaved rounds, input "
-        f"{'x'.join(map(str, shape))}).",
+        timing_stamp(f"python benchmarks/repmlp.py --config {args.config}", rounds, shape),
         "",
         f"{label}, random weights and BN statistics, legacy torch export: its training form, the authors' deploy "
         f"form (`locality_injection`: conv branches and BNs folded into fc3) and `onnxrep optimize` on the "

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import sys
 import tempfile
 from pathlib import Path
@@ -23,8 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import onnx  # noqa: E402
 
 import onnxrep  # noqa: E402
-from helpers import cpu_model, git_revision, md_table, text_table, write_section  # noqa: E402
-from onnxrep.stats import graph_stats  # noqa: E402
+from helpers import forms_table, md_table, text_table, timing_stamp, write_section  # noqa: E402
 from run import measure_latency  # noqa: E402
 
 SECTION = "## ResRep pruning"
@@ -53,18 +51,13 @@ def main(argv=None) -> int:
     forms["onnxrep"], report = onnxrep.optimize(forms["train"])
     check = onnxrep.verify(forms["train"], forms["onnxrep"])
     latency, rounds, _ = measure_latency(forms, SHAPE, args.rounds, args.seconds, warmup=20)
-    base = latency["deploy unpruned"].median
-    rows = []
-    for name, m in forms.items():
-        s = graph_stats(m)
-        rows.append([name, f"{s.convs}", f"{s.nodes}", f"{s.params:,}", f"{s.macs:,}", latency[name].cell(),
-                     f"{100 * (latency[name].median / base - 1):+.1f}%"])
-    header = ["form", "Conv", "nodes", "parameters", "MACs", "latency ms median [p10–p90]", "vs unpruned deploy"]
+    header, rows = forms_table(forms, latency, "deploy unpruned", [
+        ("Conv", lambda s: f"{s.convs}"), ("nodes", lambda s: f"{s.nodes}"), ("parameters", lambda s: f"{s.params:,}"),
+        ("MACs", lambda s: f"{s.macs:,}")])
     print(text_table(header, rows))
     removed = sum(c.before - c.after for r in report.rules for c in r.channels)
     body = "\n".join([
-        f"`python benchmarks/resrep.py --size {args.size}` ({_dt.date.today().isoformat()}, onnxrep at {git_revision()}, "
-        f"{cpu_model()}, 1 onnxruntime thread, {rounds} interleaved rounds, input {'x'.join(map(str, SHAPE))}).",
+        timing_stamp(f"python benchmarks/resrep.py --size {args.size}", rounds, SHAPE),
         "",
         "The ResRep reference network (`models/resrep.py`: 7 compactors, 132 of 352 rows driven to exactly 0 by "
         "the trainer) in four forms: its training form, the authors' deploy conversion without pruning "

@@ -6,27 +6,17 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
 
 from checks import not_representable  # noqa: E402
-from onnxrep.algebra import ConvForm, add  # noqa: E402
-from onnxrep.algebra.conv_fc import conv_as_fc, fc_matrix, output_size  # noqa: E402
-
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
-def _torch_conv(x, w, b, strides, pads, dilations, groups):
-    n = w.ndim - 2
-    widths = []
-    for ax in reversed(range(n)):  # F.pad takes the last axis first
-        widths += [pads[ax], pads[n + ax]]
-    xt = F.pad(torch.tensor(x), widths)
-    return _CONV[n](xt, torch.tensor(w), torch.tensor(b), stride=strides, dilation=dilations, groups=groups).numpy()
+from onnxrep.algebra import ConvForm, add, regroup  # noqa: E402
+from onnxrep.algebra.conv_fc import conv_as_fc, output_size  # noqa: E402
+from torch_ref import run_conv  # noqa: E402
 
 
 def _fc_apply(fc: ConvForm, x: np.ndarray) -> np.ndarray:
-    """``y = M x + b`` on each flattened sample."""
-    return x.reshape(x.shape[0], -1) @ fc_matrix(fc).T + fc.bias
+    """``y = M x + b`` on each flattened sample (``M`` the dense matrix: the FC regrouped to groups 1)."""
+    dense = regroup(fc, 1).weight.reshape(fc.out_channels, -1)
+    return x.reshape(x.shape[0], -1) @ dense.T + fc.bias
 
 
 CASES = [  # (C, E, groups, kernel, strides, pads, dilations, in_size)
@@ -49,7 +39,7 @@ def test_fc_equals_conv_on_the_fixed_size(case):
     form = ConvForm.make(w, b, strides=strides, pads=pads, dilations=dilations, groups=g)
     fc, out = conv_as_fc(form, size)
     x = rng.standard_normal((3, c) + size)
-    y = _torch_conv(x, w, b, strides, pads, dilations, g)
+    y = run_conv(form, x)
     assert y.shape[2:] == out == output_size(form, size)
     # a pointwise conv over C·P_in channels with the conv's groups: E·P_out outputs
     assert fc.weight_shape == (e * int(np.prod(out)), c // g * int(np.prod(size))) + (1,) * len(size)
@@ -83,7 +73,7 @@ def test_summed_with_a_grouped_fc_keeps_its_groups():
     merged = add(fc3, matrix)
     assert merged.groups == s and merged.weight_shape == fc3.weight_shape
     x = rng.standard_normal((2, s, h, w))
-    ref = _fc_apply(fc3, x) + _torch_conv(x, conv.weight, conv.bias, (1, 1), (1,) * 4, (1, 1), s).reshape(2, -1)
+    ref = _fc_apply(fc3, x) + run_conv(conv, x).reshape(2, -1)
     np.testing.assert_allclose(_fc_apply(merged, x), ref, rtol=0, atol=1e-12)
 
 

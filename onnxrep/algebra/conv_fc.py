@@ -38,7 +38,7 @@ def output_size(form: ConvForm, in_size: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _taps(form: ConvForm, in_size, out_size, ax: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+def tap_reads(form: ConvForm, in_size, out_size, ax: int, t: int) -> tuple[np.ndarray, np.ndarray]:
     """Output positions on axis ``ax`` whose tap ``t`` lands inside the input, and those inputs."""
     o = np.arange(out_size[ax])
     i = o * form.strides[ax] - form.pads[ax] + t * form.dilations[ax]
@@ -65,7 +65,7 @@ def conv_as_fc(form: ConvForm, in_size: tuple[int, ...]) -> tuple[ConvForm, tupl
         # (out..., in..., E, C/g): one tap writes each (output pixel, input pixel) pair at most once
         m = np.zeros(out_size + in_size + (e, cg))
         for tap in itertools.product(*(range(k) for k in form.kernel_shape)):
-            pairs = [_taps(form, in_size, out_size, ax, t) for ax, t in enumerate(tap)]
+            pairs = [tap_reads(form, in_size, out_size, ax, t) for ax, t in enumerate(tap)]
             if any(len(o) == 0 for o, _ in pairs):
                 continue
             index = []
@@ -84,14 +84,3 @@ def conv_as_fc(form: ConvForm, in_size: tuple[int, ...]) -> tuple[ConvForm, tupl
                   dilations=(1,) * n, groups=form.groups)
     return fc, out_size
 
-
-def fc_matrix(fc: ConvForm) -> np.ndarray:
-    """A pointwise (grouped) conv's weight as the dense ``(O, I)`` matrix of ``y = M x`` (zeros
-    between the groups' blocks)."""
-    o, ig, g = fc.out_channels, fc.weight_shape[1], fc.groups
-    w = f64(fc.weight).reshape(o, ig)
-    dense = np.zeros((o, ig * g))
-    og = o // g
-    for j in range(g):
-        dense[j * og:(j + 1) * og, j * ig:(j + 1) * ig] = w[j * og:(j + 1) * og]
-    return dense

@@ -9,23 +9,18 @@ Only non-negative new pads are used (a negative one would crop the input: left t
 """
 from __future__ import annotations
 
-import numpy as np
-
+from .conv_fc import output_size, tap_reads
 from .forms import ConvForm
 
 
 def used_taps(form: ConvForm, in_size: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Per spatial axis, the first and last tap that reads an input pixel for some output (``(0, -1)``: none)."""
-    n = form.n_spatial
+    """Per spatial axis, the first and last tap that reads an input pixel for some output (``(0, -1)``:
+    none). ``NotRepresentable`` when the window is larger than the padded input."""
+    out = output_size(form, in_size)
     ranges = []
-    for ax in range(n):
-        k, s, d, pb, pe = (form.kernel_shape[ax], form.strides[ax], form.dilations[ax], form.pads[ax],
-                           form.pads[n + ax])
-        out = (in_size[ax] + pb + pe - d * (k - 1) - 1) // s + 1
-        t = np.arange(k)[:, None]
-        pos = np.arange(max(out, 0))[None, :] * s - pb + t * d
-        hit = np.nonzero(((pos >= 0) & (pos < in_size[ax])).any(axis=1))[0]
-        ranges.append((int(hit[0]), int(hit[-1])) if len(hit) else (0, -1))
+    for ax, k in enumerate(form.kernel_shape):
+        hit = [t for t in range(k) if len(tap_reads(form, in_size, out, ax, t)[0])]
+        ranges.append((hit[0], hit[-1]) if hit else (0, -1))
     return ranges
 
 

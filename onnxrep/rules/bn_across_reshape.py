@@ -19,16 +19,11 @@ import numpy as np
 
 from ..pattern import op, var
 from ..rule import PatternRule
+from .linear_ops import has_bias
 from .views import sample_shape
 
 #: producers that absorb a BN on their output channels (the collapse, fold-bn-into-gemm)
 _ABSORBERS = ("Conv", "Gemm", "MatMul")
-
-
-def _has_bias(ctx, node) -> bool:
-    if node.op == "MatMul":
-        return False
-    return len(node.inputs) > 2 and not ctx.is_absent(node.inputs[2])
 
 
 class MoveBatchNormBeforeReshape(PatternRule):
@@ -63,7 +58,7 @@ class MoveBatchNormBeforeReshape(PatternRule):
         if any(p is None or p.ndim != 1 for p in params):
             return "BatchNormalization parameters are not constant vectors"
         channels, bn_params = r * params[0].shape[0], 4 * params[0].shape[0]
-        if not _has_bias(m.ctx, producer) and channels > bn_params:
+        if not has_bias(m.ctx, producer) and channels > bn_params:
             return (f"folded before the Reshape it would add a bias of {channels} to a producer without one "
                     f"(the BN has {bn_params} parameters)")
         return None

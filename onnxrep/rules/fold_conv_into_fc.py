@@ -18,8 +18,8 @@ and the Add (RepMLP's BN over ``S`` share-sets after a Reshape): the FC's output
 
 It merges only when the result costs no more MACs than the two branches and no more parameters but one:
 a bias-free FC (RepMLP's fc3) takes on a bias of its width ``O = S·h·w``, where the branches had ``S`` per
-BN and conv (the authors' deploy FC has the same bias; a branch and its nodes go). A conv whose groups do not fit the FC's blocks would densify it: declined when
-that costs more.
+BN and conv (the authors' deploy FC has the same bias; a branch and its nodes go). A conv whose groups do not fit the FC's blocks would densify it: declined
+when that costs more.
 """
 from __future__ import annotations
 
@@ -35,25 +35,15 @@ from ..cost import Cost, conv_cost
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..report import MergedConv
 from ..rule import Pass
-from .linear_ops import bn_form, conv_form, gemm_attrs
-from .views import is_view, sample_shape, view_source
+from .linear_ops import bn_form, conv_form, gemm_attrs, has_bias
+from .views import sample_shape, view_source
 
 
 _FC_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def fc_chain(ctx: GraphContext, t: gs.Tensor) -> tuple[gs.Tensor, list[gs.Node]]:
-    """Like ``view_source``, also through inference BatchNormalizations: the FC's output and the nodes
-    from it to ``t``."""
-    chain = []
-    node = ctx.producer(t)
-    while node is not None and node.inputs and (is_view(node) or (
-            node.op == "BatchNormalization" and is_onnx_op(node) and len([o for o in node.outputs if o.name]) == 1)):
-        chain.append(node)
-        t = node.inputs[0]
-        node = ctx.producer(t)
-    chain.reverse()
-    return t, chain
+def _inference_bn(node: gs.Node) -> bool:
+    return node.op == "BatchNormalization" and is_onnx_op(node) and len([o for o in node.outputs if o.name]) == 1
 
 
 def after_bns(ctx: GraphContext, fc: ConvForm, chain: list[gs.Node]) -> ConvForm:
@@ -87,7 +77,7 @@ def fc_form(ctx: GraphContext, fc: gs.Node, n_spatial: int) -> ConvForm:
         raise NotRepresentable(f"{fc.op} weight is not a constant matrix", code="not-constant")
     w = alpha * (f64(weight) if trans_b else f64(weight).T)  # (N, K)
     bias = np.zeros(w.shape[0])
-    if fc.op == "Gemm" and len(fc.inputs) > 2 and not ctx.is_absent(fc.inputs[2]):
+    if has_bias(ctx, fc):
         c = ctx.constant(fc.inputs[2])
         if c is None or c.size not in (1, w.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
             raise NotRepresentable("Gemm bias is not a constant per output", code="not-constant")
@@ -117,7 +107,7 @@ class FoldConvIntoFC(Pass):
     def branches(ctx: GraphContext, add_node: gs.Node, a: gs.Tensor, c: gs.Tensor):
         """``(fc, fc_views, conv, conv_views)`` when ``a`` views an FC's output and ``c`` a conv's on the
         same rows; ``None`` when the Add is not such a sum; a string when it is but cannot merge."""
-        fc_out, fc_views = fc_chain(ctx, a)
+        fc_out, fc_views = view_source(ctx, a, also=_inference_bn)  # BNs over the FC's rows
         conv_out, conv_views = view_source(ctx, c)
         fc, conv = ctx.producer(fc_out), ctx.producer(conv_out)
         if not (fc is not None and conv is not None and is_onnx_op(fc) and is_onnx_op(conv)
@@ -152,7 +142,7 @@ class FoldConvIntoFC(Pass):
         except NotRepresentable as exc:
             ctx.decline(add_node, f"conv not folded into the FC: {exc}")
             return
-        fc_bias = fc.op != "MatMul" and len(fc.inputs) > 2 and not ctx.is_absent(fc.inputs[2])
+        fc_bias = has_bias(ctx, fc)
         bn_params = sum(4 * sample_shape(n.inputs[0])[0] for n in fc_views if n.op == "BatchNormalization")
         before = (conv_cost(fc_f.weight_shape, 1, bias=fc_bias) + Cost(0, bn_params, 0)
                   + conv_cost(conv_f.weight_shape, math.prod(out_size), bias=bool(conv_f.bias.any())))

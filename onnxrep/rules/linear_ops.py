@@ -296,6 +296,11 @@ def avgpool_params(node: gs.Node) -> tuple[tuple[int, ...], tuple[int, ...], tup
     return kernel, tuple(a.get("strides", (1,) * n)), pads, bool(a.get("count_include_pad", 0))
 
 
+def has_bias(ctx: GraphContext, node: gs.Node) -> bool:
+    """A Conv / Gemm with its third (bias) input; a MatMul has none."""
+    return node.op != "MatMul" and len(node.inputs) > 2 and not ctx.is_absent(node.inputs[2])
+
+
 def gemm_attrs(node) -> tuple[dict, float, float, bool]:
     """``(attrs, alpha, beta, transB)`` of a Gemm, or a MatMul read as ``Gemm(alpha=1, beta=1)``."""
     attrs = dict(node.attrs) if node.op == "Gemm" else {}

@@ -27,11 +27,12 @@ def sample_shape(t: gs.Tensor) -> tuple[int, ...] | None:
     return tuple(int(d) for d in shape[1:])
 
 
-def view_source(ctx: GraphContext, t: gs.Tensor) -> tuple[gs.Tensor, list[gs.Node]]:
-    """The tensor ``t`` is a view of, following view ops up; and those ops, the last one producing ``t``."""
+def view_source(ctx: GraphContext, t: gs.Tensor, also=None) -> tuple[gs.Tensor, list[gs.Node]]:
+    """The tensor ``t`` is a view of, following view ops (and nodes ``also(node)`` accepts) up; and those
+    ops, the last one producing ``t``."""
     chain = []
     node = ctx.producer(t)
-    while is_view(node) and node.inputs:
+    while node is not None and node.inputs and (is_view(node) or (also is not None and also(node))):
         chain.append(node)
         t = node.inputs[0]
         node = ctx.producer(t)
