@@ -369,10 +369,10 @@ def test_regroup_non_divisor_raises(g, h):
 # ----------------------------------------------------------------------------------------------
 # branches.py: add
 # ----------------------------------------------------------------------------------------------
-def check_add(a: ConvForm, b: ConvForm, spatial, sign=1.0, seed=0) -> ConvForm:
+def check_add(a: ConvForm, b: ConvForm, spatial, sign=1.0, seed=0, in_size=None) -> ConvForm:
     rng = np.random.default_rng(seed)
     x = x_for(rng, a, spatial)
-    out = add(a, b, sign)
+    out = add(a, b, sign, in_size)
     assert_close(run_conv(out, x), run_conv(a, x) + sign * run_conv(b, x))
     return out
 
@@ -523,6 +523,80 @@ def test_add_refusals():
         add(dil, rand_conv(rng, 2, 4, 4, 1, (1, 1), pads=(1, 1, -1, -1)))
     with not_representable("alignment"):
         add(dil, rand_conv(rng, 2, 4, 4, 1, (3, 3), pads=(3, 2, 1, 2), dilations=(2, 2)))
+
+
+def test_add_on_a_static_size_tensorflow_same():
+    """TF 'same' on a stride-2 3x3 pads (0, 1) (the odd pixel at the end) beside an unpadded 1x1:
+    aligned on every even size, not on odd ones; merged only where the size is known and even."""
+    rng = np.random.default_rng(15)
+    k3 = rand_conv(rng, 2, 4, 6, 1, (3, 3), (2, 2), (0, 0, 1, 1))
+    k1 = rand_conv(rng, 2, 4, 6, 1, (1, 1), (2, 2))
+    for hw in [(8, 10), (2, 4), (32, 32)]:
+        out = check_add(k3, k1, hw, in_size=hw)
+        assert out.kernel_shape == (3, 3) and out.pads == (0, 0, 1, 1) and out.strides == (2, 2)
+        out = check_add(k1, k3, hw, sign=-1.0, in_size=hw)
+        assert out.pads == (0, 0, 1, 1)
+    with not_representable("alignment") as info:
+        add(k3, k1)
+    assert "dynamic" in str(info.value)
+    with not_representable("alignment") as info:
+        add(k3, k1, in_size=(7, 8))  # odd height: the 3x3 has 3 rows of output, the 1x1 has 4
+    assert "size 7" in str(info.value)
+    with not_representable("alignment"):
+        add(k3, k1, in_size=(None, 8))
+    # stride 1: different slacks never give equal lengths
+    with not_representable("alignment"):
+        add(rand_conv(rng, 2, 4, 6, 1, (3, 3), pads=(0, 0, 1, 1)), rand_conv(rng, 2, 4, 6, 1, (1, 1)),
+            in_size=(8, 8))
+
+
+def test_add_on_a_static_size_end_pad_never_negative():
+    """A 1x1 cropping its end beside a 3x3 (slacks -1 and -3, stride 4): the merged end pad is the
+    smallest non-negative one that keeps the output length."""
+    rng = np.random.default_rng(16)
+    a = rand_conv(rng, 1, 2, 2, 1, (3,), (4,), (1, 0))       # slack -1
+    b = rand_conv(rng, 1, 2, 2, 1, (1,), (4,), (0, -3))      # slack -3, reads o*4
+    out = check_add(a, b, (12,), in_size=(12,))  # 3 outputs each
+    assert out.pads == (1, 0) and out.kernel_shape == (3,)
+    with not_representable("alignment"):
+        add(a, b, in_size=(10,))  # 3 outputs vs 2
+
+
+@st.composite
+def aligned_on_a_size_cases(draw):
+    """Two 2-D branches with any slacks and one stride, on a size where their output lengths agree."""
+    s = draw(st.integers(2, 4))
+    axes, spatial = [], []
+    for _ in range(2):
+        k1, k2 = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        b1, b2 = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+        e1, e2 = draw(st.integers(-1, 2)), draw(st.integers(-1, 2))
+        lengths = [n for n in range(max(k1, k2) + 4, 24)
+                   if (n + b1 + e1 - k1) // s == (n + b2 + e2 - k2) // s]
+        if not lengths:
+            lengths = [None]
+        n = draw(st.sampled_from(lengths))
+        axes.append(((k1, b1, e1), (k2, b2, e2)))
+        spatial.append(n)
+    return s, axes, spatial
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=aligned_on_a_size_cases(), seed=st.integers(0, 2**31 - 1))
+def test_add_random_on_a_static_size(case, seed):
+    s, axes, spatial = case
+    rng = np.random.default_rng(seed)
+    ka, kb = tuple(ax[0][0] for ax in axes), tuple(ax[1][0] for ax in axes)
+    pads_a = tuple(ax[0][1] for ax in axes) + tuple(ax[0][2] for ax in axes)
+    pads_b = tuple(ax[1][1] for ax in axes) + tuple(ax[1][2] for ax in axes)
+    a = rand_conv(rng, 2, 4, 4, 2, ka, (s, s), pads_a)
+    b = rand_conv(rng, 2, 4, 4, 1, kb, (s, s), pads_b)
+    if None in spatial:
+        with pytest.raises(NotRepresentable):
+            add(a, b, in_size=tuple(spatial))
+        return
+    out = check_add(a, b, tuple(spatial), seed=seed, in_size=tuple(spatial))
+    assert min(out.pads) >= min(min(pads_a), min(pads_b), 0)
 
 
 @st.composite

@@ -9,6 +9,14 @@ pads differ by multiples of ``d``: the merged conv has ``P = max p_b``, places b
 kernel at offset ``(P - p_b_i) / d`` and zero-fills the rest (the classic "centre-pad 1x1 into
 3x3", ACNet's 1xK / Kx1 crosses, even kernels and asymmetric pads alike). Different groups
 merge at ``gcd`` of the groups by expanding the block-diagonal weights (``regroup``).
+
+Equal slacks prove the sum for *every* input size. On an input of known length ``L`` (the
+static size the graph states) the output length is ``floor((L - 1 + e) / s) + 1``, so with
+stride ``s > 1`` different slacks can give the same length: TensorFlow's 'same' padding puts
+the odd pixel at the end, a stride-2 3x3 conv has pads ``(0, 1)`` (``e = -1``) beside a 1x1
+with none (``e = 0``), equal lengths on every even ``L``. The taps still read the same pixels,
+so the sum is one conv there, with any slack between the two (the smallest one whose end pad is
+not negative): exact on that size, which is the only one the graph admits.
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import numpy as np
 
 from .errors import NotRepresentable
 from .forms import ConvForm, f64
+from .geometry import output_length, slack
 
 
 def regroup(conv: ConvForm, groups: int) -> ConvForm:
@@ -46,8 +55,11 @@ def regroup(conv: ConvForm, groups: int) -> ConvForm:
     return conv.deferred((out_c, ig_new) + conv.kernel_shape, weight, f64(conv.bias), groups=groups)
 
 
-def add(a: ConvForm, b: ConvForm, sign: float = 1.0) -> ConvForm:
-    """``a(x) + sign * b(x)`` as one conv, or ``NotRepresentable`` with the reason."""
+def add(a: ConvForm, b: ConvForm, sign: float = 1.0, in_size: tuple[int | None, ...] | None = None) -> ConvForm:
+    """``a(x) + sign * b(x)`` as one conv, or ``NotRepresentable`` with the reason.
+
+    ``in_size``: the spatial size of ``x`` where it is static (``None`` per dynamic axis): branches
+    whose slacks differ are summed when their output lengths agree on that size."""
     if a.n_spatial != b.n_spatial:
         raise NotRepresentable("branches have different spatial ranks", code="rank")
     if a.out_channels != b.out_channels or a.in_channels != b.in_channels:
@@ -72,20 +84,27 @@ def add(a: ConvForm, b: ConvForm, sign: float = 1.0) -> ConvForm:
         d = da
         pba, pea = a.pads[ax], a.pads[n + ax]
         pbb, peb = b.pads[ax], b.pads[n + ax]
-        slack_a = pea - (d * (ka - 1) - pba)
-        slack_b = peb - (d * (kb - 1) - pbb)
-        if slack_a != slack_b:
-            raise NotRepresentable(f"branches are not aligned on spatial axis {ax} (output sizes differ)",
-                                   code="alignment")
+        slack_a, slack_b = slack(ka, d, pba, pea), slack(kb, d, pbb, peb)
         begin = max(pba, pbb)
         if (begin - pba) % d or (begin - pbb) % d:
             raise NotRepresentable(f"branch taps fall between dilated taps on spatial axis {ax}", code="alignment")
         oa, ob = (begin - pba) // d, (begin - pbb) // d
         k = max(oa + ka, ob + kb)
+        e = slack_a
+        if slack_a != slack_b:
+            length = in_size[ax] if in_size is not None and ax < len(in_size) else None
+            if length is None:
+                raise NotRepresentable(f"branches are not aligned on spatial axis {ax} (output sizes differ on "
+                                       f"some input sizes, and this one is dynamic)", code="alignment")
+            if output_length(length, sa, slack_a) != output_length(length, sb, slack_b):
+                raise NotRepresentable(f"branches are not aligned on spatial axis {ax} (output sizes differ on "
+                                       f"its size {length})", code="alignment")
+            low, high = sorted((slack_a, slack_b))
+            e = min(max(low, begin - d * (k - 1)), high)  # the end pad, never negative where it can be
         strides.append(sa)
         dilations.append(d)
         begins.append(begin)
-        ends.append(slack_a + d * (k - 1) - begin)
+        ends.append(e + d * (k - 1) - begin)
         kernel.append(k)
         offsets.append((oa, ob))
     groups = math.gcd(a.groups, b.groups)

@@ -8,6 +8,12 @@ that combines forms computes in float64.
 ``(O, I/g, k_1, ..., k_n)`` and ONNX-ordered ``pads = (b_1..b_n, e_1..e_n)``. Pads may be
 negative inside the algebra (a crop of the input); only non-negative pads can be emitted.
 
+``pads`` may also be ``SizeDependentPads``: ONNX ``auto_pad=SAME_*`` with a stride > 1 on a
+dynamic size, whose pads are only known at run time. Such a form composes only where its pads
+do not matter (an affine after it, a regrouping); every operation that reads its pads refuses
+with the reason (reading them raises ``NotRepresentable``), and it is written back with its
+``auto_pad``.
+
 ``AffineForm`` is ``y = s * x + t`` with ``s``, ``t`` per channel (axis 1) or scalars. ``rank``
 records the tensor rank that a broadcast constant required (``None`` when any rank works).
 """
@@ -82,6 +88,30 @@ def f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
+class SizeDependentPads:
+    """The pads of ``auto_pad=SAME_UPPER`` / ``SAME_LOWER`` with a stride > 1 on a dynamic size.
+
+    They follow the input size (TensorFlow's 'same' puts the odd pixel at the end: a stride-2 3x3
+    conv pads ``(0, 1)`` on even sizes, ``(1, 1)`` on odd ones), so no fixed pads equal them.
+    Iterating, indexing, measuring or comparing them raises ``NotRepresentable``: an operation
+    that needs the pads declines instead of using wrong ones.
+    """
+    __slots__ = ("mode", "n_spatial")
+
+    def __init__(self, mode: str, n_spatial: int):
+        self.mode, self.n_spatial = mode, n_spatial
+
+    def _refuse(self, *_):
+        raise NotRepresentable(f"auto_pad={self.mode} with stride > 1 depends on the input size, which is dynamic",
+                               code="strides")
+
+    __iter__ = __getitem__ = __len__ = __eq__ = __bool__ = _refuse
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"SizeDependentPads({self.mode!r})"
+
+
 class Deferred:
     """A weight computed on first use; its ``shape`` is known up front.
 
@@ -126,7 +156,8 @@ class ConvForm:
         n = len(self.weight_shape) - 2
         if n < 1:
             raise NotRepresentable(f"conv weight must have rank >= 3, got {self.weight_shape}", code="rank")
-        if len(self.strides) != n or len(self.dilations) != n or len(self.pads) != 2 * n:
+        pads_n = self.pads.n_spatial * 2 if isinstance(self.pads, SizeDependentPads) else len(self.pads)
+        if len(self.strides) != n or len(self.dilations) != n or pads_n != 2 * n:
             raise NotRepresentable("strides/dilations/pads do not match the kernel rank", code="rank")
         if self.bias.shape != (self.weight_shape[0],):
             raise NotRepresentable(f"bias shape {self.bias.shape} does not match {self.weight_shape[0]} outputs",
@@ -176,7 +207,7 @@ class ConvForm:
             weight,
             bias=np.asarray(bias).reshape(-1),
             strides=tuple(int(s) for s in (strides or (1,) * n)),
-            pads=tuple(int(p) for p in (pads or (0,) * (2 * n))),
+            pads=pads if isinstance(pads, SizeDependentPads) else tuple(int(p) for p in (pads or (0,) * (2 * n))),
             dilations=tuple(int(d) for d in (dilations or (1,) * n)),
             groups=int(groups),
         )

@@ -45,7 +45,7 @@ from ..cost import ZERO
 from ..graph import GraphContext, is_onnx_op
 from ..rule import Pass
 from .linear_ops import (activation_scale, avgpool_params, bn_form, border_write, constant_affine, conv_form,
-                         spatial_crop, spatial_pads)
+                         spatial_crop, spatial_pads, static_spatial)
 from .region_costs import RegionCosts
 from .region_plans import (Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
                            precision_rtol, prune, then)
@@ -272,7 +272,8 @@ class _Walk:
                 terms_b = pb.terms if sign > 0 else tuple(negated(t) for t in pb.terms)
                 both = pa.terms + terms_b
                 try:
-                    terms, why = combine(list(both), lambda t: self.costs.term_cost(t, out, both))
+                    terms, why = combine(list(both), lambda t: self.costs.term_cost(t, out, both),
+                                         static_spatial(pa.root))
                 except NotRepresentable as exc:
                     error = error or exc
                     continue

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import AffineForm, ConvForm, NotRepresentable, bn_affine, channel_constant
+from ..algebra import AffineForm, ConvForm, NotRepresentable, SizeDependentPads, bn_affine, channel_constant
+from ..algebra.geometry import same_pads
 from ..graph import GraphContext, is_onnx_op
 
 
@@ -36,15 +37,37 @@ def conv_form(ctx: GraphContext, node: gs.Node) -> ConvForm:
     elif auto_pad == "VALID":
         pads = (0,) * (2 * n)
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        if any(s != 1 for s in strides):
-            raise NotRepresentable(f"auto_pad={auto_pad} with stride > 1 depends on the input size", code="strides")
-        total = [d * (k - 1) for d, k in zip(dilations, kernel)]
-        small = [t // 2 for t in total]
-        big = [t - t // 2 for t in total]
-        pads = tuple(small + big) if auto_pad == "SAME_UPPER" else tuple(big + small)
+        pads = same_auto_pads(node.inputs[0], auto_pad, kernel, strides, dilations)
     else:
         raise NotRepresentable(f"unknown auto_pad {auto_pad!r}")
     return ConvForm.make(w, b, strides, pads, dilations, int(a.get("group", 1)))
+
+
+def static_spatial(t: gs.Tensor) -> tuple[int | None, ...] | None:
+    """The spatial size of ``t`` (axes 2 on) as the graph states it, ``None`` per dynamic axis."""
+    shape = t.shape
+    if shape is None or len(shape) < 3:
+        return None
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape[2:])
+
+
+def same_auto_pads(x: gs.Tensor, auto_pad: str, kernel, strides, dilations) -> tuple[int, ...] | SizeDependentPads:
+    """Explicit ONNX pads of ``auto_pad=SAME_*`` on input ``x``: with stride 1 for any size, with a
+    larger stride on the static spatial size the graph states (the pads depend on it); on a
+    dynamic size, ``SizeDependentPads`` (the form then only takes an affine after it)."""
+    n = len(kernel)
+    size = static_spatial(x)
+    begins, ends = [], []
+    for ax in range(n):
+        length = size[ax] if size is not None and ax < len(size) else None
+        if length is None:
+            if strides[ax] != 1 and dilations[ax] * (kernel[ax] - 1) > 0:
+                return SizeDependentPads(auto_pad, n)
+            length = 1  # any: with stride 1 the pads are d (k - 1), with one tap 0, whatever the size
+        b, e = same_pads(length, kernel[ax], strides[ax], dilations[ax], auto_pad == "SAME_UPPER")
+        begins.append(b)
+        ends.append(e)
+    return tuple(begins + ends)
 
 
 def bn_form(ctx: GraphContext, node: gs.Node) -> AffineForm:
@@ -267,8 +290,10 @@ def spatial_crop(ctx: GraphContext, node: gs.Node) -> tuple[int, ...]:
         if ax < 2:
             raise NotRepresentable("Slice on the batch or channel axis")
         dim = x.shape[ax]
+        if start < 0 and isinstance(dim, int) and start > -(2**31):
+            start = max(dim + start, 0)  # counts from the end of a static axis
         if start < 0 or (end < 0 and end < -(2**31)):
-            raise NotRepresentable("Slice start counts from the end")
+            raise NotRepresentable("Slice start counts from the end of a dynamic axis")
         if end >= 0 and end < INT64_MAX // 2:
             if not isinstance(dim, int):
                 raise NotRepresentable("Slice end needs the (dynamic) spatial size")

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import (AffineForm, ConvForm, NotRepresentable, add, affine_as_conv, affine_sum, affine_then_affine,
+from ..algebra import (AffineForm, ConvForm, NotRepresentable, SizeDependentPads, add, affine_as_conv, affine_sum, affine_then_affine,
                        affine_then_conv, compose, conv_then_affine, overflow,
                        precision_loss)
 from ..cost import ZERO, Cost
@@ -101,15 +101,15 @@ def prune(plans: list[Plan], total: Callable[[Plan], Cost], baseline: Plan | Non
 
 
 # ------------------------------------------------------------------ forms
-def sum_forms(a: Form, b: Form, sign: float = 1.0) -> Form:
-    """``a + sign * b`` for any two forms on the same root."""
+def sum_forms(a: Form, b: Form, sign: float = 1.0, in_size: tuple[int | None, ...] | None = None) -> Form:
+    """``a + sign * b`` for any two forms on the same root (of spatial size ``in_size`` where static)."""
     if isinstance(a, AffineForm) and isinstance(b, AffineForm):
         return affine_sum(a, b, sign)
     if isinstance(a, AffineForm):
         a = affine_as_conv(a, b.in_channels, b.n_spatial)
     if isinstance(b, AffineForm):
         b = affine_as_conv(b, a.in_channels, a.n_spatial)
-    return add(a, b, sign)
+    return add(a, b, sign, in_size)
 
 
 def then(first: Form, second: Form) -> Form:
@@ -157,14 +157,16 @@ def channels_of(form: Form, tensor: gs.Tensor) -> int | None:
     return None
 
 
-def combine(terms: list[Form], term_cost: Callable[[Form], Cost]) -> tuple[list[Form], list[str]]:
+def combine(terms: list[Form], term_cost: Callable[[Form], Cost], in_size: tuple[int | None, ...] | None = None
+            ) -> tuple[list[Form], list[str]]:
     """Merge terms pairwise while a merge costs no more (MACs and parameters) than the two terms
     and the Add between.
 
     Returns the terms left and, for every pair left apart, the reason: the algebra's, or both
     costs. Runs to a fixed point: a merge can make another one pay (ACNet's 1x3 and 3x1 pay only
     once inside the 3x3). The whole sum as one conv is tried last, so the result never costs more
-    than either the terms as given or one conv.
+    than either the terms as given or one conv. ``in_size``: the root's static spatial size, on
+    which branches are aligned when no size-independent proof exists (``branches.add``).
     """
     terms = list(terms)
     merged_one = True
@@ -173,7 +175,7 @@ def combine(terms: list[Form], term_cost: Callable[[Form], Cost]) -> tuple[list[
         for i in range(len(terms)):
             for j in range(i + 1, len(terms)):
                 try:
-                    m = sum_forms(terms[i], terms[j])
+                    m = sum_forms(terms[i], terms[j], in_size=in_size)
                 except NotRepresentable as exc:
                     why.append(str(exc))
                     continue
@@ -190,7 +192,7 @@ def combine(terms: list[Form], term_cost: Callable[[Form], Cost]) -> tuple[list[
         try:
             one = terms[0]
             for t in terms[1:]:
-                one = sum_forms(one, t)
+                one = sum_forms(one, t, in_size=in_size)
         except NotRepresentable:
             one = None
         apart = ZERO
@@ -205,7 +207,7 @@ def writable(form: ConvForm, dtype) -> str | None:
     """Why ``form`` cannot be written as a Conv of ``dtype`` (``None`` if it can): negative pads (a
     crop) have no Conv; a float16 weight past 65504 would be inf, one under its normal range
     would lose precision."""
-    if any(p < 0 for p in form.pads):
+    if not isinstance(form.pads, SizeDependentPads) and any(p < 0 for p in form.pads):
         return "the merged conv would need negative padding"
     return overflow(dtype or np.float32, form.weight, form.bias) or precision_loss(dtype or np.float32, form.weight)
 

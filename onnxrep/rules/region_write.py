@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import cast_back
+from ..algebra import SizeDependentPads, cast_back
 from ..graph import Builder, GraphContext
 from ..report import MergedConv
 from .region_costs import RegionCosts
@@ -19,8 +19,12 @@ def write_segment(ctx: GraphContext, costs: RegionCosts, plan: Plan, sink: gs.Te
     for i, term in enumerate(plan.terms):
         f = costs.term_conv(term, sink, plan.terms)
         w, b = cast_back(plan.dtype or np.float32, f.weight, f.bias)
-        attrs = {"kernel_shape": list(f.kernel_shape), "strides": list(f.strides), "pads": list(f.pads),
-                 "dilations": list(f.dilations), "group": f.groups}
+        attrs = {"kernel_shape": list(f.kernel_shape), "strides": list(f.strides), "dilations": list(f.dilations),
+                 "group": f.groups}
+        if isinstance(f.pads, SizeDependentPads):
+            attrs["auto_pad"] = f.pads.mode
+        else:
+            attrs["pads"] = list(f.pads)
         bias = builder.const("bias", b) if np.any(b) else None  # a zero bias is not written
         out = sink if k == 1 else builder.tensor(f"term{i}", dtype=sink.dtype)
         builder.op("Conv", [plan.root, builder.const("weight", w), bias], outputs=[out], attrs=attrs)
