@@ -11,14 +11,15 @@ from .fold_constants import FoldConstants
 from .fold_conv_into_fc import FoldConvIntoFC
 from .merge_reshapes import MergeReshapes
 from .prune_compactors import PruneCompactorRows
+from .sink_transposes import SinkTransposesBelowSum
 
 
 def default_rules():
     """Fresh instances of every built-in rule, in priority order."""
     return sorted([FoldConstants(), CanonicalizeBorderFill(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormBeforeGemm(),
                    FoldBatchNormIntoConvTranspose(), EliminateDeadChannels(), MoveBatchNormBeforeReshape(), FoldConvIntoFC(),
-                   MergeReshapes(), CropDeadTaps()],
+                   MergeReshapes(), CropDeadTaps(), SinkTransposesBelowSum()],
                   key=lambda r: r.priority)
 
 
-__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "default_rules"]
+__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "SinkTransposesBelowSum", "default_rules"]
