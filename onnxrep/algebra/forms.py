@@ -101,11 +101,11 @@ class SizeDependentPads:
     def __init__(self, mode: str, n_spatial: int):
         self.mode, self.n_spatial = mode, n_spatial
 
-    def _refuse(self, *_):
+    def refuse(self, *_):
         raise NotRepresentable(f"auto_pad={self.mode} with stride > 1 depends on the input size, which is dynamic",
                                code="strides")
 
-    __iter__ = __getitem__ = __len__ = __eq__ = __bool__ = _refuse
+    __iter__ = __getitem__ = __len__ = __eq__ = __bool__ = refuse
     __hash__ = None
 
     def __repr__(self) -> str:

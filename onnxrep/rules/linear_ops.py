@@ -315,10 +315,16 @@ def avgpool_params(node: gs.Node) -> tuple[tuple[int, ...], tuple[int, ...], tup
         raise NotRepresentable("AveragePool with dilations")
     auto_pad = a.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad not in ("NOTSET", "", "VALID"):
+    strides = tuple(a.get("strides", (1,) * n))
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = same_auto_pads(node.inputs[0], auto_pad, kernel, strides, (1,) * n)
+        if isinstance(pads, SizeDependentPads):
+            pads.refuse()
+    elif auto_pad in ("NOTSET", "", "VALID"):
+        pads = tuple(a.get("pads", (0,) * (2 * n))) if auto_pad != "VALID" else (0,) * (2 * n)
+    else:
         raise NotRepresentable(f"AveragePool with auto_pad={auto_pad}")
-    pads = tuple(a.get("pads", (0,) * (2 * n))) if auto_pad != "VALID" else (0,) * (2 * n)
-    return kernel, tuple(a.get("strides", (1,) * n)), pads, bool(a.get("count_include_pad", 0))
+    return kernel, strides, pads, bool(a.get("count_include_pad", 0))
 
 
 def has_bias(ctx: GraphContext, node: gs.Node) -> bool:

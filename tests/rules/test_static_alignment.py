@@ -66,3 +66,20 @@ def test_dynamic_size_declined_with_the_reason(auto_pad):
         assert "not aligned on spatial axis 0" in why and "dynamic" in why
     for hw in ((16, 16), (8, 20)):
         assert_verifies(model, out, input_shapes={"x": (2, 4, *hw)})
+
+
+@pytest.mark.parametrize("stride,hw", [(1, (7, 6)), (2, (8, 6))])
+def test_avgpool_same_on_a_static_size_merges(stride, hw):
+    """A 1x1 -> AvgPool -> BN branch with ``auto_pad=SAME_UPPER`` (count_include_pad=1) beside a 3x3:
+    the pool's pads are read off the stated size, and the branches are one conv."""
+    g = GraphBuilder(4)
+    c = 4
+    pad3 = [1, 1, 1, 1] if stride == 1 else [0, 0, 1, 1]
+    k3 = g.bn(g.conv("x", c, c, 3, pads=pad3, strides=stride, bias=False), c)
+    pooled = g.node("AveragePool", [g.conv("x", c, c, 1, bias=False)], kernel_shape=[3, 3],
+                    strides=[stride, stride], auto_pad="SAME_UPPER", count_include_pad=1)
+    y = g.node("Relu", [g.add(k3, g.bn(pooled, c))], "y")
+    model = g.model({"x": ["N", c, *hw]}, [y])
+    out, report = run_opt(model)
+    assert op_histogram(out) == {"Conv": 1, "Relu": 1}, reasons(report)
+    assert_verifies(model, out, input_shapes={"x": (2, c, *hw)})
