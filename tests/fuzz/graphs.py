@@ -458,6 +458,10 @@ class _Gen:
         else:
             k, o = ax.K, 0
         pb, pe = ax.place(k, o)
+        spare = (n - 1 + ax.slack) % ax.s  # end pad the stated size does not need: same output length
+        if not self.spatial_dynamic and spare and pe > 0 and self.coin(0.3):
+            pe -= min(pe, self.upto(1, spare))  # TensorFlow's 'same' on a stride-2 3x3: (0, 1) beside a 1x1's (0, 0)
+            self.features.add("size-aligned")
         return k, o, pb, pe
 
     # ------------------------------------------------------------ branches
