@@ -18,7 +18,8 @@ TensorFlow and PaddlePaddle crash each other in one process.
   sizes alike (the hand-fused form is not).
 
 A framework that is not installed is skipped, unless ``ONNXREP_REQUIRE_FRAMEWORKS=1`` (``.ci/run``
-sets it): then its absence fails. Each framework's tests run in one xdist worker (``xdist_group``).
+sets it): then its absence fails. The pytest-xdist workers share each framework's files (made by the
+first worker that needs them, under a file lock).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from filelock import FileLock
 
 from onnxrep import optimize, verify
 from onnxrep.stats import graph_stats
@@ -48,10 +50,8 @@ SAME_DYNAMIC = "auto_pad=SAME_UPPER with stride > 1 depends on the input size, w
 
 
 def _params(*axes, packed: bool = False):
-    """Cases whose first item is the framework, each marked to run in that framework's worker
-    (``packed``: each case one tuple, for an indirect fixture)."""
-    return [pytest.param(*((case,) if packed else case), id="-".join(map(str, case)),
-                         marks=[pytest.mark.slow, pytest.mark.xdist_group(case[0])])
+    """Cases whose first item is the framework (``packed``: each case one tuple, for an indirect fixture)."""
+    return [pytest.param(*((case,) if packed else case), id="-".join(map(str, case)), marks=pytest.mark.slow)
             for case in itertools.product(FRAMEWORKS, *axes)]
 
 
@@ -59,18 +59,25 @@ _MADE: dict[str, dict] = {}
 
 
 def made(framework: str, tmp_path_factory) -> dict:
-    """The framework's manifest (``models/frameworks/__main__.py``), made once per process."""
+    """The framework's manifest (``models/frameworks/__main__.py``): made once per test run, in the
+    temporary folder all xdist workers share, by the first worker that asks (the others wait)."""
     if framework not in _MADE:
         missing = [p for p in FRAMEWORKS[framework] if importlib.util.find_spec(p) is None]
         if missing:
             if REQUIRED:
                 pytest.fail(f"{framework}: {', '.join(missing)} not installed (ONNXREP_REQUIRE_FRAMEWORKS=1)")
             pytest.skip(f"{framework}: {', '.join(missing)} not installed")
-        out = tmp_path_factory.mktemp(framework)
-        run = subprocess.run([sys.executable, "-m", "models.frameworks", framework, str(out)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=900)
-        assert run.returncode == 0, run.stderr[-4000:]
-        manifest = json.loads(Path(run.stdout.strip().splitlines()[-1]).read_text())
+        shared = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            shared = shared.parent  # the run's folder, above each worker's own
+        out = shared / f"frameworks-{framework}"
+        with FileLock(str(out) + ".lock"):
+            manifest_path = out / "manifest.json"
+            if not manifest_path.exists():
+                run = subprocess.run([sys.executable, "-m", "models.frameworks", framework, str(out)], cwd=ROOT,
+                                     capture_output=True, text=True, timeout=900)
+                assert run.returncode == 0, run.stderr[-4000:]
+        manifest = json.loads(manifest_path.read_text())
         manifest["arrays"] = dict(np.load(manifest["reference"]))
         _MADE[framework] = manifest
     return _MADE[framework]

@@ -898,8 +898,9 @@ class _Gen:
         else:
             axes = [self.axis(n, stride_ok=False, classic=True) for n in (h, w)]
             if why == "preaffine-pad":
-                # the shifted border differs between output positions only on a padded axis of size >= 2
-                if not any((ax.P or ax.E) and (n >= 2 or self.spatial_dynamic) for ax, n in zip(axes, (h, w))):
+                # the shifted border differs between output positions only where a tap that also reads the
+                # map reads padding (crop-dead-taps removes the taps that read padding only)
+                if not any(_reads_padding(ax, n, self.spatial_dynamic) for ax, n in zip(axes, (h, w))):
                     if max(h, w) >= 2 or self.spatial_dynamic:
                         axes = [Axis(3, 1, 1, 1, 1), Axis(3, 1, 1, 1, 1)]
                     else:
@@ -1113,6 +1114,15 @@ class _Gen:
         self.expect_declines.append("overflow")
         self.features.add("fp16-overflow")
         return y, "overflow[Mul1e-4, Relu, conv3x3(400)+BN(400)]"
+
+
+def _reads_padding(ax: Axis, n: int, dynamic: bool) -> bool:
+    """Whether the full-span kernel on ``ax`` has a tap that reads both the map (of size ``n``) and its
+    padding; on a dynamic size, whether it is padded at all (some size has such a tap)."""
+    if dynamic:
+        return bool(ax.P or ax.E)
+    inside = [[0 <= o * ax.s - ax.P + t * ax.d < n for o in range(ax.out(n))] for t in range(ax.K)]
+    return any(any(row) and not all(row) for row in inside)
 
 
 def _divisors(n: int) -> list[int]:
