@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--prune-tolerance", type=float, default=None, metavar="R",
                         help="with --prune-threshold: accept a max abs error up to R * max|y| against the "
                              "unpruned input (default: the usual tolerance, so only negligible rows pass)")
+        sp.add_argument("--equalize", action="store_true",
+                        help="after merging, equalize the channel ranges of conv -> ReLU -> conv pairs for INT8 "
+                             "(cross-layer equalization: exact, the float function is unchanged)")
         sp.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE ('-' for stdout)")
         sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
         sp.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -201,6 +204,9 @@ def _run(args) -> int:
             rtol, atol = args.prune_tolerance, atol if atol is not None else 0.0
     elif args.prune_tolerance is not None:
         return _error("--prune-tolerance needs --prune-threshold", EXIT_USAGE)
+    if args.equalize:
+        from .rules import EqualizeCrossLayer
+        rules.append(EqualizeCrossLayer())
 
     dest = args.output if args.command == "optimize" else None
     check = (not args.no_verify) if args.command == "optimize" else args.verify

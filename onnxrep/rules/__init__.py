@@ -4,6 +4,7 @@ from .border_fill import CanonicalizeBorderFill
 from .collapse_linear import CollapseLinearRegions
 from .crop_dead_taps import CropDeadTaps
 from .dead_channels import EliminateDeadChannels
+from .equalize_cross_layer import EqualizeCrossLayer
 from .fold_bn_before_gemm import FoldBatchNormBeforeGemm
 from .fold_bn_into_convtranspose import FoldBatchNormIntoConvTranspose
 from .fold_bn_into_gemm import FoldBatchNormIntoGemm
@@ -22,4 +23,4 @@ def default_rules():
                   key=lambda r: r.priority)
 
 
-__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "EliminateDeadChannels", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "SinkTransposesBelowSum", "default_rules"]
+__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "EliminateDeadChannels", "EqualizeCrossLayer", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "SinkTransposesBelowSum", "default_rules"]
