@@ -53,7 +53,14 @@ def _parser() -> argparse.ArgumentParser:
                              "unpruned input (default: the usual tolerance, so only negligible rows pass)")
         sp.add_argument("--equalize", action="store_true",
                         help="after merging, equalize the channel ranges of conv -> ReLU -> conv pairs for INT8 "
-                             "(cross-layer equalization: exact, the float function is unchanged)")
+                             "(cross-layer equalization: exact in float), kept only if the measured W8A8 error "
+                             "(onnxruntime static quantization, per-tensor and per-channel) does not grow")
+        sp.add_argument("--int8-report", "--int8", dest="int8_report", action="store_true",
+                        help="measure the W8A8 error of the result (onnxruntime static quantization, QDQ, "
+                             "per-tensor and per-channel) against the float model")
+        sp.add_argument("--calibration", metavar="FILE.npz", default=None,
+                        help="calibration inputs for --equalize / --int8-report: one array per graph input, "
+                             "shaped (samples, *input shape) (default: 8 seeded random inputs)")
         sp.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE ('-' for stdout)")
         sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
         sp.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -204,9 +211,6 @@ def _run(args) -> int:
             rtol, atol = args.prune_tolerance, atol if atol is not None else 0.0
     elif args.prune_tolerance is not None:
         return _error("--prune-tolerance needs --prune-threshold", EXIT_USAGE)
-    if args.equalize:
-        from .rules import EqualizeCrossLayer
-        rules.append(EqualizeCrossLayer())
 
     dest = args.output if args.command == "optimize" else None
     check = (not args.no_verify) if args.command == "optimize" else args.verify
@@ -215,7 +219,8 @@ def _run(args) -> int:
     try:
         report = optimize_file(args.input, dest, rules=rules, include_defaults=not args.no_default_rules,
                                check_result=check, input_shapes=shapes, seed=args.seed, rtol=rtol,
-                               atol=atol, max_sweeps=args.max_sweeps, progress=progress)
+                               atol=atol, max_sweeps=args.max_sweeps, progress=progress, equalize=args.equalize,
+                               int8_report=args.int8_report, calibration=args.calibration)
     except VerificationFailed as exc:
         report, failure = exc.report, str(exc)
     finally:

@@ -13,6 +13,7 @@ from .graph.io import InputError, OutputError, PendingOutput, first_line, load_m
 from .optimizer import optimize
 from .report import Report
 from .rule import Pass, PatternRule, Rule, RuleError
+from .stats import graph_stats
 from .verification import VerifyError, verify
 
 
@@ -80,12 +81,16 @@ def load_rules_from(path: str | os.PathLike) -> list[Rule]:
 def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rules: Iterable[Rule] | None = None,
                   include_defaults: bool = True, check_result: bool = True, input_shapes=None, seed: int = 0,
                   rtol: float | None = None, atol: float | None = None, max_sweeps: int = 8,
-                  progress: Callable[[str], None] | None = None) -> Report:
+                  progress: Callable[[str], None] | None = None, equalize: bool = False, int8_report: bool = False,
+                  calibration: str | None = None) -> Report:
     """Optimize ``src`` into ``dest`` (``None``: dry run, nothing written).
 
     With ``check_result`` the optimized model is run against ``src`` in onnxruntime first
     (tolerance by precision unless ``rtol`` / ``atol``); above tolerance the edit that broke it is
     found (``onnxrep.culprit``), ``VerificationFailed`` names it, and nothing is written.
+    ``equalize``: cross-layer equalization, kept only where the measured W8A8 error does not grow
+    (``onnxrep.equalization``); ``int8_report``: measure the W8A8 error of the result. Both quantize
+    on ``calibration`` (an .npz, ``onnxrep.int8.calibration_inputs``) or seeded random inputs.
     """
     if dest is not None and same_file(src, dest):
         raise OutputError(f"{dest}: output path is the input path (choose another output file)")
@@ -96,6 +101,19 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
                                  progress=progress)
     del model
     gc.collect()  # the rewritten gs graph is cyclic garbage that still reads the input's weights: free both now
+    if equalize or int8_report:
+        from .equalization import equalize_measured, measured
+        from .int8 import calibration_inputs
+        if progress:
+            progress("measuring INT8 (onnxruntime quantization)")
+        cal = calibration_inputs(optimized, path=calibration, seed=seed, input_shapes=input_shapes)
+        if equalize:
+            optimized, record, report.int8 = equalize_measured(optimized, cal, max_sweeps=max_sweeps)
+            if record is not None:
+                report.rules.append(record)
+                report.after = graph_stats(optimized)
+        else:
+            report.int8 = measured(optimized, cal)
     pending = None
     try:
         if dest is not None:

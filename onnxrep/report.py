@@ -98,6 +98,8 @@ class Report:
     edits: list[tuple[str, str]] = field(default_factory=list, repr=False)
     #: the edit that broke verification, when it failed: ``{"rule", "node", "edit", "edits"}``
     culprit: dict | None = None
+    #: ``--equalize`` / ``--int8-report``: the measured W8A8 errors (``onnxrep.equalization.Int8Report``)
+    int8: object | None = None
 
     @property
     def rewrites(self) -> int:
@@ -115,6 +117,7 @@ class Report:
             "after": self.after.to_dict(),
             "rules": [r.to_dict() for r in self.rules],
             "verification": self.verification.to_dict() if self.verification is not None else None,
+            "int8": self.int8.to_dict() if self.int8 is not None else None,
             "notes": list(self.notes),
             "merged_convs": [asdict(c) for c in self.merged_convs],
             "culprit": self.culprit,
@@ -189,6 +192,12 @@ def format_report(report: Report, src: str = "", dest: str | None = None, explai
         if r.skipped:
             lines.append(f"note: rule '{r.name}' skipped: {r.skipped}")
     lines += [f"note: {note}" for note in report.notes]
+    if report.int8 is not None:
+        from .int8 import format_int8
+        lines += ["", "INT8 (onnxruntime static quantization, QDQ W8A8 symmetric, MinMax; error against the float model)",
+                  format_int8(report.int8.rows)]
+        if report.int8.note:
+            lines.append(report.int8.note)
     if report.verification is not None:
         v = report.verification
         shapes = ", ".join(f"{k}:{'x'.join(map(str, s))}" for k, s in v.input_shapes.items())

@@ -366,3 +366,49 @@ def _dbb_like_border_model():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, c, h, h])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _two_blocks(tmp_path: Path) -> Path:
+    """Two RepVGG blocks in a row (one conv -> ReLU -> conv pair once merged), channel 0 of the first x 30."""
+    rng = np.random.default_rng(3)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
+    w = rng.normal(size=(C, C, 3, 3)) * 0.3
+    w[0] *= 30
+    inits = [f("wa", w), f("ba", rng.normal(size=C)), f("wb", rng.normal(size=(C, C, 3, 3)) * 0.3)]
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1, 1, 1, 1], name="conv_a"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "wb"], ["y"], pads=[1, 1, 1, 1], name="conv_b")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", C, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "two.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_equalize_measures_and_reports(tmp_path, capsys):
+    src, out, js = _two_blocks(tmp_path), tmp_path / "eq.onnx", tmp_path / "r.json"
+    code, stdout, err = _run(["optimize", src, out, "--equalize", "--json", js], capsys)
+    assert code == 0, err
+    assert "INT8 (onnxruntime static quantization" in stdout and "equalization kept at strength" in stdout
+    int8 = json.loads(js.read_text())["int8"]
+    labels = [r["model"] for r in int8["rows"]]
+    assert labels[0] == "optimized" and labels[1] == "equalized (strength 1)"
+    base, eq = ({e["scheme"]: e["rel"] for e in r["errors"]} for r in int8["rows"][:2])
+    assert eq["per-tensor"] < 0.75 * base["per-tensor"] and eq["per-channel"] <= base["per-channel"]
+    w = numpy_helper.to_array(next(t for t in onnx.load(out).graph.initializer if t.dims[0] == C and len(t.dims) == 4))
+    assert np.abs(w).reshape(C, -1).max(axis=1).max() < 10  # channel 0 no longer 30x the others
+
+
+def test_inspect_int8_and_calibration_file(tmp_path, capsys):
+    src = _two_blocks(tmp_path)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.random.default_rng(0).normal(size=(4, 1, C, 8, 8)).astype(np.float32))
+    code, stdout, err = _run(["inspect", src, "--int8", "--calibration", cal], capsys)
+    assert code == 0, err
+    assert "per-tensor" in stdout and "per-channel" in stdout and not list(tmp_path.glob("*.onnx.*"))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, y=np.zeros((2, 1, C, 8, 8), np.float32))
+    code, stdout, err = _run(["inspect", src, "--int8", "--calibration", bad], capsys)
+    assert code == 3 and len(err.strip().splitlines()) == 1
+    assert "no array for input(s) 'x'" in err

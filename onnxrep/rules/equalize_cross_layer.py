@@ -16,7 +16,9 @@ equalizes the two layers' channel ranges. Pairs:
 Every tensor between the two layers must be read by the chain alone (not a graph output; a Shape
 may read it too): another reader would see the rescaled values. Clip (ReLU6) is not homogeneous (its upper bound would move):
 not a pair. Pairs that share a layer (a chain of convs) are equalized in turn until the scales
-converge; each changed layer is written once, with new initializers. The report lists each pair with
+converge; each changed layer is written once, with new initializers. The pass runs in every sweep,
+after the merges: on layers it has equalized the scales are already 1 and it writes nothing (with
+``strength < 1`` it runs once: run it on a merged model). The report lists each pair with
 the spread (max / median) of the channel ranges before and after.
 """
 from __future__ import annotations
@@ -57,10 +59,15 @@ class _Layer:
         self.out_scale = np.ones(self.weight.shape[0])
         self.changed = False
 
-    def rescaled(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The weight and bias with every input scale multiplied in and every output scale divided out."""
-        w, b = scale_outputs(self.weight, self.bias, self.out_scale)
-        return scale_inputs(w, self.in_scale, self.groups), b
+    def rescaled(self, strength: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """The weight and bias with every input scale multiplied in and every output scale divided out,
+        each raised to ``strength``."""
+        w, b = scale_outputs(self.weight, self.bias, self.out_scale ** strength)
+        return scale_inputs(w, self.in_scale ** strength, self.groups), b
+
+    def rescaled_ranges(self, strength: float) -> np.ndarray:
+        return scale_inputs(scale_outputs(range_matrix(self.weight), None, self.out_scale ** strength)[0],
+                            self.in_scale ** strength, self.groups)
 
 
 def _bias_is_constant(ctx: GraphContext, node: gs.Node) -> bool:
@@ -119,14 +126,23 @@ def find_pairs(ctx: GraphContext) -> list[tuple[gs.Node, list[gs.Node], gs.Node]
 
 
 class EqualizeCrossLayer(Pass):
-    """Rescale conv -> (homogeneous op) -> conv / FC pairs so that their channel ranges are equal (exact)."""
+    """Rescale conv -> (homogeneous op) -> conv / FC pairs so that their channel ranges are equal (exact).
+
+    ``strength`` ``a`` in (0, 1] applies the converged scales ``s`` as ``s**a`` (still exact: both layers
+    of a pair take the same vector): 1 equalizes, less moves part of the way."""
     name = "equalize-cross-layer"
     priority = 90  # after every merge: it equalizes the layers as they will be deployed
 
+    def __init__(self, strength: float = 1.0):
+        if not 0 < strength <= 1:
+            raise ValueError(f"equalization strength must be in (0, 1], not {strength}")
+        self.strength = float(strength)
+
     def run(self, ctx: GraphContext) -> None:
-        if ctx.memory.get("done"):  # once, after the merges of the first sweep; later merges stay exact
-            return
-        ctx.memory["done"] = True
+        if self.strength < 1:  # part of the way is not a fixed point: once per optimize()
+            if ctx.memory.get("done"):
+                return
+            ctx.memory["done"] = True
         pairs = [(a, b) for a, _, b in find_pairs(ctx)]
         layers: dict[int, _Layer] = {}
         for a, b in pairs:
@@ -147,10 +163,10 @@ class EqualizeCrossLayer(Pass):
                 break
         arrays = {}
         for layer in layers.values():  # all layers or none: a half-written chain would change the function
-            if np.allclose(layer.in_scale, 1.0, rtol=0, atol=TOLERANCE) and np.allclose(
-                    layer.out_scale, 1.0, rtol=0, atol=TOLERANCE):
+            if np.allclose(layer.in_scale ** self.strength, 1.0, rtol=0, atol=TOLERANCE) and np.allclose(
+                    layer.out_scale ** self.strength, 1.0, rtol=0, atol=TOLERANCE):
                 continue
-            w, bias = layer.rescaled()
+            w, bias = layer.rescaled(self.strength)
             w = w.T if layer.transposed else w
             try:
                 arrays[id(layer)] = cast_back(layer.dtype, w, *([] if bias is None else [bias]))
@@ -164,9 +180,10 @@ class EqualizeCrossLayer(Pass):
         for (la, lb), (r1, r2) in zip(pairs, before):
             if la.changed or lb.changed:
                 a, b = la.node, lb.node
+                ra, rb = la.rescaled_ranges(self.strength), lb.rescaled_ranges(self.strength)
                 ctx.fired(a, f"with '{b.name or b.op}': channel range max/median {r1:.2f} -> "
-                             f"{spread(output_ranges(la.ranges)):.2f} (outputs of '{a.name or a.op}'), {r2:.2f} -> "
-                             f"{spread(input_ranges(lb.ranges, lb.groups)):.2f} (inputs of '{b.name or b.op}')")
+                             f"{spread(output_ranges(ra)):.2f} (outputs of '{a.name or a.op}'), {r2:.2f} -> "
+                             f"{spread(input_ranges(rb, lb.groups)):.2f} (inputs of '{b.name or b.op}')")
 
     @staticmethod
     def _write(ctx: GraphContext, layer: _Layer, arrays: list[np.ndarray]) -> None:
