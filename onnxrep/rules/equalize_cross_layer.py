@@ -161,10 +161,12 @@ class EqualizeCrossLayer(Pass):
                 la.out_scale, lb.in_scale = la.out_scale * s, lb.in_scale * s
             if worst <= TOLERANCE:
                 break
+        for la, lb in pairs:  # a pair already equal is left exactly as it is, on both sides (one vector)
+            if np.allclose(la.out_scale ** self.strength, 1.0, rtol=0, atol=TOLERANCE):
+                la.out_scale, lb.in_scale = np.ones_like(la.out_scale), np.ones_like(lb.in_scale)
         arrays = {}
         for layer in layers.values():  # all layers or none: a half-written chain would change the function
-            if np.allclose(layer.in_scale ** self.strength, 1.0, rtol=0, atol=TOLERANCE) and np.allclose(
-                    layer.out_scale ** self.strength, 1.0, rtol=0, atol=TOLERANCE):
+            if np.all(layer.in_scale == 1.0) and np.all(layer.out_scale == 1.0):
                 continue
             w, bias = layer.rescaled(self.strength)
             w = w.T if layer.transposed else w

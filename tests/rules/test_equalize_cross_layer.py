@@ -110,3 +110,21 @@ def test_float16():
     result = verify(model, out, input_shapes={"x": (2, 4, 8, 8)})  # tolerance by float16 precision
     assert result.passed and result.outputs[0].max_abs <= 5e-3 * result.outputs[0].ref_max_abs
     assert initializer(out, next(n for n in out.graph.node if n.op_type == "Conv").input[1]).dtype == np.float16
+
+
+def test_a_chain_stays_exact_to_float_rounding():
+    """Five convs in a chain: pairs converge at different rounds; a pair left unscaled is left on both
+    sides (a scale within the tolerance of 1 on one side only would change the function by as much)."""
+    g = GraphBuilder(11)
+    y = "x"
+    for i in range(5):
+        w = g.randn(C, C if i else 4, 3, 3, scale=0.3)
+        w[i % C] *= 10.0 ** (i % 3)
+        y = g.conv(y, C if i else 4, C, 3, pads=1, weight=g.init(w))
+        if i < 4:
+            y = g.node("Relu", [y])
+    model = g.model({"x": ["N", 4, 8, 8]}, [g.node("Identity", [y], "y")])
+    out, report = run_opt(model, rules=[EqualizeCrossLayer()])
+    assert rewrites(report)[RULE] == 5
+    result = verify(model, out, input_shapes={"x": (2, 4, 8, 8)})
+    assert result.outputs[0].max_abs <= 2e-6 * result.outputs[0].ref_max_abs
