@@ -34,7 +34,6 @@ from ..rule import Pass
 from .linear_ops import gemm_attrs, has_bias
 
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "Pad")
-HEAD = ("GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape")
 MAX_ROUNDS = 500
 TOLERANCE = 1e-3  # stop when every scale of a round is within this of 1 (ranges equal to 0.1%)
 
@@ -88,13 +87,13 @@ def _homogeneous(ctx: GraphContext, node: gs.Node) -> bool:
     return node.op in HOMOGENEOUS
 
 
-def find_pairs(ctx: GraphContext) -> list[tuple[gs.Node, list[gs.Node], gs.Node]]:
-    """``(layer1, ops between, layer2)`` for every equalizable pair."""
+def find_pairs(ctx: GraphContext) -> list[tuple[gs.Node, gs.Node]]:
+    """``(layer1, layer2)`` for every equalizable pair."""
     pairs = []
     for conv in ctx.nodes("Conv"):
         if len(conv.inputs) < 2 or ctx.constant(conv.inputs[1]) is None or not _bias_is_constant(ctx, conv):
             continue
-        t, between, head = conv.outputs[0], [], False
+        t, head = conv.outputs[0], False
         while True:
             readers = [n for n in t.outputs if n.op != "Shape"]  # a Shape reads no values
             if ctx.is_graph_output(t) or len(readers) != 1 or sum(i is t for i in readers[0].inputs) != 1:
@@ -106,21 +105,20 @@ def find_pairs(ctx: GraphContext) -> list[tuple[gs.Node, list[gs.Node], gs.Node]
                 w = ctx.constant(nxt.inputs[1]) if len(nxt.inputs) > 1 else None
                 if w is not None and w.ndim == 2 and _bias_is_constant(ctx, nxt) and not (
                         nxt.op == "Gemm" and gemm_attrs(nxt)[0].get("transA", 0)):
-                    pairs.append((conv, between, nxt))
+                    pairs.append((conv, nxt))
                 break
             if nxt.op == "Conv" and not head:
                 if len(nxt.inputs) > 1 and ctx.constant(nxt.inputs[1]) is not None and _bias_is_constant(ctx, nxt):
-                    pairs.append((conv, between, nxt))
+                    pairs.append((conv, nxt))
                 break
             if nxt.op in ("GlobalAveragePool", "GlobalMaxPool") and not head:
                 head = True
             elif nxt.op in ("Flatten", "Reshape") and head:
-                shape = nxt.outputs[0].shape
-                if shape is None or len(shape) != 2:
+                shape = nxt.outputs[0].shape  # (N, C): the columns are the channels
+                if shape is None or len(shape) != 2 or shape[1] != ctx.constant(conv.inputs[1]).shape[0]:
                     break
             elif head or not _homogeneous(ctx, nxt):
                 break
-            between.append(nxt)
             t = nxt.outputs[0]
     return pairs
 
@@ -143,7 +141,7 @@ class EqualizeCrossLayer(Pass):
             if ctx.memory.get("done"):
                 return
             ctx.memory["done"] = True
-        pairs = [(a, b) for a, _, b in find_pairs(ctx)]
+        pairs = find_pairs(ctx)
         layers: dict[int, _Layer] = {}
         for a, b in pairs:
             for n in (a, b):
