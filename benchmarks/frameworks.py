@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,11 +27,11 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from helpers import git_revision, md_table, text_table, write_section  # noqa: E402
+from models.frameworks.__main__ import PACKAGES, exported, missing  # noqa: E402
 from onnxrep import optimize  # noqa: E402
 from onnxrep.stats import graph_stats  # noqa: E402
 
 SECTION = "## Other frameworks"
-FRAMEWORKS = {"keras": ("tensorflow", "tf2onnx"), "paddle": ("paddle", "paddle2onnx"), "flax": ("flax", "jax2onnx")}
 
 
 def run(model, x):
@@ -48,10 +45,8 @@ def max_err(ref_model, model, x) -> str:
 
 
 def rows_for(framework: str, out: Path) -> list[list[str]]:
-    made = subprocess.run([sys.executable, "-m", "models.frameworks", framework, str(out)], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-    manifest = json.loads(Path(made.stdout.strip().splitlines()[-1]).read_text())
-    arrays = np.load(manifest["reference"])
+    manifest = exported(framework, out)
+    arrays = manifest["arrays"]
     rows = []
     for key, paths in manifest["exports"].items():
         network, opset, spatial = key.split("-")
@@ -81,8 +76,8 @@ def main(argv=None) -> None:
               "parameters", "MMACs", "declined", "max abs err (static: 32x32; dynamic: 64x48 · 33x47)", "optimize s"]
     rows, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for framework, packages in FRAMEWORKS.items():
-            if any(importlib.util.find_spec(pkg) is None for pkg in packages):
+        for framework in PACKAGES:
+            if missing(framework):
                 skipped.append(framework)
                 continue
             rows += rows_for(framework, Path(tmp) / framework)

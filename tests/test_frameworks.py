@@ -23,13 +23,8 @@ first worker that needs them, under a file lock).
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -37,12 +32,10 @@ import onnxruntime as ort
 import pytest
 from filelock import FileLock
 
+from models.frameworks.__main__ import PACKAGES as FRAMEWORKS, exported, missing
 from onnxrep import optimize, verify
 from onnxrep.stats import graph_stats
 
-ROOT = Path(__file__).resolve().parents[1]
-#: framework -> the packages it needs
-FRAMEWORKS = {"keras": ("tensorflow", "tf2onnx"), "paddle": ("paddle", "paddle2onnx"), "flax": ("flax", "jax2onnx")}
 NETWORKS = ("repvgg", "acnet")
 OPSETS = (13, 17)
 REQUIRED = os.environ.get("ONNXREP_REQUIRE_FRAMEWORKS") == "1"
@@ -62,24 +55,17 @@ def made(framework: str, tmp_path_factory) -> dict:
     """The framework's manifest (``models/frameworks/__main__.py``): made once per test run, in the
     temporary folder all xdist workers share, by the first worker that asks (the others wait)."""
     if framework not in _MADE:
-        missing = [p for p in FRAMEWORKS[framework] if importlib.util.find_spec(p) is None]
-        if missing:
+        absent = missing(framework)
+        if absent:
             if REQUIRED:
-                pytest.fail(f"{framework}: {', '.join(missing)} not installed (ONNXREP_REQUIRE_FRAMEWORKS=1)")
-            pytest.skip(f"{framework}: {', '.join(missing)} not installed")
+                pytest.fail(f"{framework}: {', '.join(absent)} not installed (ONNXREP_REQUIRE_FRAMEWORKS=1)")
+            pytest.skip(f"{framework}: {', '.join(absent)} not installed")
         shared = tmp_path_factory.getbasetemp()
         if os.environ.get("PYTEST_XDIST_WORKER"):
             shared = shared.parent  # the run's folder, above each worker's own
         out = shared / f"frameworks-{framework}"
         with FileLock(str(out) + ".lock"):
-            manifest_path = out / "manifest.json"
-            if not manifest_path.exists():
-                run = subprocess.run([sys.executable, "-m", "models.frameworks", framework, str(out)], cwd=ROOT,
-                                     capture_output=True, text=True, timeout=900)
-                assert run.returncode == 0, run.stderr[-4000:]
-        manifest = json.loads(manifest_path.read_text())
-        manifest["arrays"] = dict(np.load(manifest["reference"]))
-        _MADE[framework] = manifest
+            _MADE[framework] = exported(framework, out)
     return _MADE[framework]
 
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +26,31 @@ import numpy as np
 
 MODULES = {"keras": "models.frameworks.keras_nets", "paddle": "models.frameworks.paddle_nets",
            "flax": "models.frameworks.flax_nets"}
+#: framework -> the packages it needs (its own and its exporter)
+PACKAGES = {"keras": ("tensorflow", "tf2onnx"), "paddle": ("paddle", "paddle2onnx"), "flax": ("flax", "jax2onnx")}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def missing(framework: str) -> list[str]:
+    """The packages of ``framework`` that are not installed."""
+    return [p for p in PACKAGES[framework] if importlib.util.find_spec(p) is None]
+
+
+def exported(framework: str, out_dir) -> dict:
+    """The framework's manifest in ``out_dir``, made first by ``python -m models.frameworks`` in a
+    subprocess if it is not there; ``"arrays"`` holds the reference inputs and outputs."""
+    import numpy as np
+
+    path = Path(out_dir) / "manifest.json"
+    if not path.exists():
+        run = subprocess.run([sys.executable, "-m", "models.frameworks", framework, str(out_dir)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=900)
+        if run.returncode != 0:
+            raise RuntimeError(f"python -m models.frameworks {framework} failed:\n{run.stderr[-4000:]}")
+    manifest = json.loads(path.read_text())
+    with np.load(manifest["reference"]) as arrays:
+        manifest["arrays"] = dict(arrays)
+    return manifest
 #: (name, batch, spatial size): the size exported (twice, for the dynamic batch), another size the
 #: hand fusion holds on (every stride-2 block sees an even size), and an odd one where it does not
 REFERENCE_INPUTS = (("stated-b1", 1, None), ("stated-b3", 3, None), ("even", 2, (64, 48)), ("odd", 1, (33, 47)))
