@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -68,9 +69,11 @@ def _parser() -> argparse.ArgumentParser:
             add_verify_opts(sp)
 
     def add_verify_opts(sp):
-        sp.add_argument("--input-shape", metavar="NAME:D0,D1,...", action="append", default=[],
-                        help="shape for an input's dynamic dims when verifying (repeatable); without it dynamic "
-                             "dims are 1 for axis 0 and 32 otherwise")
+        sp.add_argument("--input-shape", metavar="NAME:SHAPE", action="append", default=[],
+                        help="the shape of an input when verifying, as NAME:1x3x224x224 or NAME:1,3,224,224 "
+                             "(repeatable; a model with one input also takes the bare 1x3x224x224); dynamic dims "
+                             "not given are 1 on axis 0 and 32 elsewhere. A name the model does not have, or a "
+                             "shape that contradicts its static dims, is a command-line error (exit 2)")
         sp.add_argument("--rtol", type=float, default=None,
                         help="pass if max abs error <= rtol*max|reference| + atol for every output; default: by the "
                              "precision of each output's path (float32 1e-4, float16 2.5e-3, bfloat16 2e-2, plus "
@@ -89,20 +92,29 @@ def _parser() -> argparse.ArgumentParser:
     common(o)
 
     i = sub.add_parser("inspect", help="report what optimize would rewrite, without writing anything",
+                       description="Run the rule set on IN and print the report optimize would print (nodes, Convs, "
+                                   "parameters, MACs before and after; rewrites and declines per rule), without "
+                                   "writing anything; with --verify, also compare the result with IN in onnxruntime.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    i.add_argument("input", metavar="IN")
+    i.add_argument("input", metavar="IN", help="the ONNX model to inspect")
     i.add_argument("--verify", action="store_true", help="also run the onnxruntime comparison")
     common(i)
 
     c = sub.add_parser("compare", help="run two models on the same random inputs and print their differences",
+                       description="Run A and B in onnxruntime on the same seeded random inputs (made from A's "
+                                   "inputs) and print, per output, the max absolute and relative error and whether "
+                                   "it is within tolerance; exit 5 when an output is not.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("reference", metavar="A")
-    c.add_argument("candidate", metavar="B")
+    c.add_argument("reference", metavar="A", help="the reference ONNX model (its inputs define the random inputs)")
+    c.add_argument("candidate", metavar="B", help="the ONNX model compared with A (same output names and shapes)")
     c.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE ('-' for stdout)")
     c.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     add_verify_opts(c)
 
     r = sub.add_parser("rules", help="list the rules (built-in and --rules-from) with priority and opsets",
+                       description="List every rule: the built-in ones that run by default, the opt-in ones with "
+                                   "the flag that turns each on, and those of --rules-from files; with priority "
+                                   "(lower runs first in every sweep), opset range, kind and a one-line summary.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--rules-from", metavar="FILE.py", action="append", default=[],
                    help="also list the rules of a Python file; repeatable")
@@ -154,32 +166,48 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+def _list_rules(args) -> int:
+    """``onnxrep rules``: the default rules, the opt-in ones (with their flag), the --rules-from ones."""
+    from .optimizer import RuleSetError, resolve_rules
+    from .pipeline import RulesFileError, load_rules_from
+    from .report import text_table
+    from .rules import opt_in_rules
+
+    try:
+        extra = [r for path in args.rules_from for r in load_rules_from(path)]
+        listed = [(r, "default") for r in resolve_rules([], True)]
+        listed += [(r, f"opt-in: {flag}") for r, flag in opt_in_rules()]
+        listed += [(r, "--rules-from") for r in resolve_rules(extra, False)]
+        resolve_rules(extra, True)  # a name clash with a built-in is refused here as in optimize
+    except (RulesFileError, RuleSetError) as exc:
+        return _error(str(exc), EXIT_RULES)
+    rows = [["rule", "priority", "opsets", "kind", "runs", "what it does"]]
+    for r, runs in listed:
+        doc = type(r).__doc__ or sys.modules[type(r).__module__].__doc__ or ""
+        kind = "pattern" if hasattr(r, "pattern") else "pass"
+        rows.append([r.rule_name, str(r.priority), r.opset_range(), kind, runs,
+                     doc.strip().splitlines()[0] if doc.strip() else ""])
+    print("\n".join(text_table(rows, right={1})))
+    print("\nLower priorities run first in every sweep; a rule outside its opsets is skipped (the report says so).")
+    return EXIT_OK
+
+
 def _run(args) -> int:
     from .graph.io import first_line
     from .optimizer import RuleSetError, resolve_rules
     from .pipeline import RulesFileError, VerificationFailed, load_rules_from, optimize_file
     from .report import format_report, text_table
+    from .inputs import check_input_shapes
     from .verification import VerifyError, format_result, parse_input_shapes, verify
 
     if args.command == "rules":
-        try:
-            listed = resolve_rules([r for path in args.rules_from for r in load_rules_from(path)], True)
-        except (RulesFileError, RuleSetError) as exc:
-            return _error(str(exc), EXIT_RULES)
-        rows = [["rule", "priority", "opsets", "kind", "what it does"]]
-        for r in listed:
-            doc = type(r).__doc__ or sys.modules[type(r).__module__].__doc__ or ""
-            kind = "pattern" if hasattr(r, "pattern") else "pass"
-            rows.append([r.rule_name, str(r.priority), r.opset_range(), kind,
-                         doc.strip().splitlines()[0] if doc.strip() else ""])
-        print("\n".join(text_table(rows, right={1})))
-        print("\nLower priorities run first in every sweep; a rule outside its opsets is skipped (the report says so).")
-        return EXIT_OK
+        return _list_rules(args)
 
     try:
         shapes = parse_input_shapes(args.input_shape)
+        check_input_shapes(args.reference if args.command == "compare" else args.input, shapes)
     except ValueError as exc:
-        return _error(str(exc), EXIT_USAGE)
+        return _error(f"--input-shape: {exc}", EXIT_USAGE)
 
     if args.command == "compare":
         try:
@@ -239,6 +267,29 @@ def _run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit code. A reader that closes stdout early (``| head``) ends the
+    output quietly: exit 0, nothing on stderr (the output file, if any, is already written)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_OK
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of a closed pipe says nothing."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured output): nothing to flush
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -248,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     from .rule import RuleError
     try:
         return _run(args)
+    except BrokenPipeError:
+        raise
     except InputError as exc:
         return _error(str(exc), EXIT_INPUT)
     except OutputError as exc:

@@ -17,6 +17,7 @@ Input generation (:func:`make_inputs`)
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
@@ -41,10 +42,19 @@ class VerifyError(Exception):
         super().__init__(first_line(message))
 
 
-def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """Parse CLI shape specs ``"name:1,3,224,224"`` (repeatable).
+class InputShapeError(ValueError):
+    """A given input shape does not fit the model (unknown name, rank or static dim): a usage error,
+    whose one-line message lists the model's inputs and shapes."""
 
-    A spec without a name (``"1,3,224,224"``) means "the only input" and is
+
+#: separators between the dims of a shape spec: ``1,3,224,224`` or ``1x3x224x224`` (as reports print it)
+_DIM_SEPARATOR = re.compile(r"[,xX]")
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse CLI shape specs ``"name:1,3,224,224"`` or ``"name:1x3x224x224"`` (repeatable).
+
+    A spec without a name (``"1,3,224,224"``, ``"1x3x224x224"``) means "the only input" and is
     returned under the key ``""``; it must then be the only spec.  The name is
     split at the *last* colon, so names containing colons (``"x:0:1,3"``) work.
     Raises ValueError with a one-line message on bad syntax.
@@ -63,9 +73,10 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
             name, dims_text = "", s
         dims_text = dims_text.strip()
         if not dims_text:
-            raise ValueError(f"bad input shape {spec!r}: expected NAME:D1,D2,... or D1,D2,...")
+            raise ValueError(f"bad input shape {spec!r}: expected NAME:D1,D2,... or NAME:D1xD2x... "
+                             f"(or, for a model with one input, D1,D2,...)")
         dims = []
-        for part in dims_text.split(","):
+        for part in _DIM_SEPARATOR.split(dims_text):
             part = part.strip()
             try:
                 d = int(part)
@@ -100,31 +111,11 @@ def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 
 
 def _fmt_model_shape(dims: list[Any]) -> str:
-    return "(" + ",".join(str(d) for d in dims) + ")"
+    return "(" + ",".join("?" if d is None else str(d) for d in dims) + ")"
 
 
-def _resolve_shapes(
-    inputs: list[onnx.ValueInfoProto], input_shapes: Mapping[str, Sequence[int]]
-) -> dict[str, tuple[int, ...]]:
-    names = [vi.name for vi in inputs]
-    user = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
-    if "" in user:
-        if len(names) != 1:
-            raise ValueError(
-                f"an unnamed input shape needs a model with exactly one input, "
-                f"but it has {len(names)}: {', '.join(names) or '(none)'}"
-            )
-        if names[0] in user:
-            raise ValueError(f"input {names[0]!r} given both with and without a name")
-        user[names[0]] = user.pop("")
-    unknown = [k for k in user if k not in names]
-    if unknown:
-        raise ValueError(
-            f"input shape given for unknown input(s) {', '.join(map(repr, unknown))}; "
-            f"model inputs: {', '.join(names) or '(none)'}"
-        )
-
-    # model dims per input: int (static) | str (dim_param) | None (unknown)
+def _model_dims(inputs: list[onnx.ValueInfoProto]) -> dict[str, list[Any] | None]:
+    """Declared dims per input: int (static) | str (dim_param) | None (unknown); None: no shape."""
     model_dims: dict[str, list[Any] | None] = {}
     for vi in inputs:
         tt = vi.type.tensor_type
@@ -133,15 +124,44 @@ def _resolve_shapes(
             continue
         dims: list[Any] = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
+            if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(int(d.dim_value))
-            elif d.HasField("dim_value") and d.dim_value == 0:
-                dims.append(0)
             elif d.dim_param:
                 dims.append(d.dim_param)
             else:
                 dims.append(None)
         model_dims[vi.name] = dims
+    return model_dims
+
+
+def describe_inputs(inputs: list[onnx.ValueInfoProto]) -> str:
+    """``"input (N,3,224,224), sr ()"``: the real inputs with their declared shapes (``?``: unknown)."""
+    dims = _model_dims(inputs)
+    return ", ".join(f"{n} {'(unknown shape)' if d is None else _fmt_model_shape(d)}" for n, d in dims.items()) \
+        or "(none)"
+
+
+def _resolve_shapes(
+    inputs: list[onnx.ValueInfoProto], input_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
+    names = [vi.name for vi in inputs]
+    user = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+    model_dims = _model_dims(inputs)
+    known = f"the model's inputs: {describe_inputs(inputs)}"
+    if "" in user:
+        if len(names) != 1:
+            raise InputShapeError(
+                f"an unnamed input shape needs a model with exactly one input, "
+                f"but it has {len(names)}; give NAME:SHAPE for each ({known})"
+            )
+        if names[0] in user:
+            raise InputShapeError(f"input {names[0]!r} given both with and without a name")
+        user[names[0]] = user.pop("")
+    unknown = [k for k in user if k not in names]
+    if unknown:
+        raise InputShapeError(
+            f"input shape given for unknown input(s) {', '.join(map(repr, unknown))}; {known}"
+        )
 
     # check user shapes, collect dim_param bindings
     bindings: dict[str, int] = {}
@@ -150,15 +170,15 @@ def _resolve_shapes(
         if dims is None:
             continue
         if len(shape) != len(dims):
-            raise ValueError(
+            raise InputShapeError(
                 f"input {name!r}: given shape {_fmt_model_shape(list(shape))} has rank {len(shape)} "
-                f"but the model declares rank {len(dims)} {_fmt_model_shape(dims)}"
+                f"but the model declares rank {len(dims)} {_fmt_model_shape(dims)} ({known})"
             )
         for axis, (u, m) in enumerate(zip(shape, dims)):
             if isinstance(m, int) and u != m:
-                raise ValueError(
+                raise InputShapeError(
                     f"input {name!r}: given shape {_fmt_model_shape(list(shape))} conflicts with "
-                    f"model shape {_fmt_model_shape(dims)} at axis {axis} (fixed to {m})"
+                    f"model shape {_fmt_model_shape(dims)} at axis {axis} (fixed to {m}) ({known})"
                 )
             if isinstance(m, str):
                 bindings.setdefault(m, u)
@@ -182,6 +202,24 @@ def _resolve_shapes(
                 out.append(DEFAULT_BATCH_DIM if axis == 0 else DEFAULT_OTHER_DIM)
         resolved[name] = tuple(out)
     return resolved
+
+
+def check_input_shapes(model: ModelLike, input_shapes: Mapping[str, Sequence[int]]) -> None:
+    """Raise :class:`InputShapeError` when ``input_shapes`` does not fit ``model``'s real inputs (an
+    unknown name, another rank, a static dim given another value); a model that cannot be loaded is
+    left to the caller's own load (nothing raised here)."""
+    if not input_shapes:
+        return
+    try:
+        m = load_graph_only(model)
+    except VerifyError:
+        return
+    try:
+        _resolve_shapes(real_inputs(m.graph), input_shapes)
+    except InputShapeError:
+        raise
+    except ValueError:  # an input without a shape: only verification needs it, and says so
+        pass
 
 
 def _np_dtype(elem_type: int) -> np.dtype:

@@ -175,7 +175,17 @@ def format_result(result: VerifyResult) -> str:
     return "\n".join(lines)
 
 
+def _is_float(value) -> bool:
+    """A floating-point output (compared within a tolerance; kind ``V``: ml_dtypes' bfloat16 and
+    float8); integer, bool and string outputs are compared exactly."""
+    return np.asarray(value).dtype.kind in "fcV"
+
+
 def _compare(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputDiff:
+    if np.asarray(ref).dtype.kind in "OSU":  # strings: equal or not
+        same = np.shape(ref) == np.shape(cand) and bool(np.all(np.asarray(ref) == np.asarray(cand)))
+        return OutputDiff(name, tuple(int(d) for d in np.shape(ref)), 0.0 if same else math.inf,
+                          0.0 if same else math.inf, 0.0)
     r = np.asarray(ref).astype(np.float64)
     c = np.asarray(cand).astype(np.float64)
     r_fin = np.isfinite(r)
@@ -311,6 +321,8 @@ def verify(
         d = _compare(name, r, c)
         if given:
             d.rtol, d.atol, d.precision = float(rtol), float(atol), "given"
+        elif not _is_float(r):  # an index, a count, a mask: a rewrite must not change it at all
+            d.precision = f"exact ({np.asarray(r).dtype})"
         else:
             p = precisions.get(name) or precision.Precision(frozenset())
             d.rtol, d.atol, d.precision = p.rtol, p.atol, p.label

@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 import onnxrep.graph.io as io
 import onnxrep.runtime as runtime
 import onnxrep.verification as V
+from onnxrep.inputs import InputShapeError
 from onnxrep.verification import (
     OutputDiff,
     VerifyError,
@@ -391,7 +392,7 @@ def test_bad_user_shapes_raise_value_error():
         ({"nope": (1, 3, 8, 8)}, "unknown input"),
     ]
     for shapes, text in cases:
-        with pytest.raises(ValueError) as ei:
+        with pytest.raises(InputShapeError) as ei:
             make_inputs(m, shapes)
         assert text in str(ei.value)
         assert "\n" not in str(ei.value)
@@ -491,13 +492,20 @@ def test_parse_input_shapes_valid():
     assert parse_input_shapes(["input:0:1,3"]) == {"input:0": (1, 3)}
     assert parse_input_shapes([" x : 2 , 5 "]) == {"x": (2, 5)}
     assert parse_input_shapes([]) == {}
+    # the form reports print (``input:1x3x64x64``), with a name, bare, or mixed with commas
+    assert parse_input_shapes(["x:1x3x224x224"]) == {"x": (1, 3, 224, 224)}
+    assert parse_input_shapes(["1x3x224x224"]) == {"": (1, 3, 224, 224)}
+    assert parse_input_shapes(["input:0:1X3", "b:7"]) == {"input:0": (1, 3), "b": (7,)}
+    assert parse_input_shapes(["x:2x5,6"]) == {"x": (2, 5, 6)}
 
 
 @pytest.mark.parametrize(
     "specs, text",
     [
-        (["x:"], "expected NAME:D1,D2,... or D1,D2,..."),
-        ([""], "expected NAME:D1,D2,... or D1,D2,..."),
+        (["x:"], "expected NAME:D1,D2,... or NAME:D1xD2x..."),
+        ([""], "expected NAME:D1,D2,... or NAME:D1xD2x..."),
+        (["x:1x3,"], "dimension '' is not an integer"),
+        (["x:1x3xH"], "dimension 'H' is not an integer"),
         (["x:1,a"], "dimension 'a' is not an integer"),
         (["x:1,,2"], "dimension '' is not an integer"),
         (["x:1,0"], "dimension 0 must be >= 1"),

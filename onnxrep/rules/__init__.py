@@ -23,4 +23,11 @@ def default_rules():
                   key=lambda r: r.priority)
 
 
-__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "EliminateDeadChannels", "EqualizeCrossLayer", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "SinkTransposesBelowSum", "default_rules"]
+def opt_in_rules():
+    """Fresh instances of the built-in rules that run only when asked for, each with the command-line
+    flag that turns it on (in the Python API: pass the instance in ``rules=[...]``)."""
+    return [(PruneCompactorRows(0.0), "--prune-threshold T"), (EqualizeCrossLayer(), "--equalize")]
+
+
+__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "EliminateDeadChannels", "EqualizeCrossLayer", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "SinkTransposesBelowSum", "default_rules",
+           "opt_in_rules"]
