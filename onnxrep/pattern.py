@@ -14,9 +14,15 @@
 * ``attrs={"alpha": approx(1/6), "mode": "constant"}``: each attribute equals the value, or
   satisfies the predicate (a callable); an attribute the node leaves out has its ONNX default.
 * ``const(..., value=v)``: every element equals ``v`` (within ``approx``'s default tolerance).
-* In a match ``m``: ``m[name]`` is a tensor for ``var``, a numpy array for ``const`` (``None`` for
-  an absent optional input); ``m.tensor(name)`` is the graph tensor in both cases (what ``b.op``
-  takes); ``m.node(name)``, ``m.output`` (the root's output) and ``m.nodes`` give the graph objects.
+* ``var(..., optional=True)`` / ``const(..., optional=True)`` also match an omitted input (an
+  empty name or a missing trailing input); ``m[name]`` and ``m.tensor(name)`` are then ``None``.
+* In a match ``m``: ``m[name]`` is a tensor for ``var``, a numpy array for ``const``;
+  ``m.tensor(name)`` is the graph tensor in both cases (what ``b.op`` takes, and what ``rewrite``
+  may return to remove the match: the readers of ``m.output`` then read it). ``m.node(name)`` is
+  the ``gs.Node`` of a named ``op`` (``.op``, ``.name``, ``.attrs``: the attributes the node sets,
+  ``.inputs``, ``.outputs``, ``.domain``: ``None`` for ONNX ops); ``m.output`` is the root's first
+  output and ``m.nodes`` every matched node. A tensor has ``.name``, ``.shape`` (``None`` when
+  unknown) and ``.dtype``; an initializer is a ``gs.Constant`` with ``.values``.
 """
 from __future__ import annotations
 

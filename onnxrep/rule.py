@@ -20,9 +20,14 @@ hands each rule its own record through the context: ``ctx.decline``, ``ctx.repla
             ...
             b.op("Gemm", [m["a"], m["b"], m["c"]], outputs=[m.output], attrs=attrs)
 
+A ``rewrite`` that builds nothing and returns an existing tensor the match reads
+(``return m.tensor("x")``) removes the matched nodes: the readers of ``m.output`` read that
+tensor (``GraphContext.bypass``; declined when ``m.output`` is a graph output).
 An exception in a rule stops the optimization with a ``RuleError`` naming the rule and the node.
 """
 from __future__ import annotations
+
+import onnx_graphsurgeon as gs
 
 from .algebra import NotRepresentable
 from .graph import Builder, GraphContext
@@ -85,11 +90,14 @@ class PatternRule(Rule):
         """Return ``None`` to accept the match, or a short reason (a string) to decline it."""
         return None
 
-    def rewrite(self, m: Match, b: Builder) -> None:
-        """Describe the replacement of ``m.nodes`` with ``b.op`` / ``b.const``.
+    def rewrite(self, m: Match, b: Builder) -> gs.Tensor | None:
+        """Describe the replacement of ``m.nodes`` with ``b.op`` / ``b.const``, or return the
+        existing tensor the matched output equals.
 
-        The replacement must produce ``m.output`` (pass ``outputs=[m.output]``). Raise
-        ``NotRepresentable("why")`` to decline late.
+        Either build nodes that produce ``m.output`` (pass ``outputs=[m.output]``) and return
+        ``None``; or build nothing and return a tensor the match reads (``m.tensor(name)``): the
+        matched nodes go and the readers of ``m.output`` read that tensor (declined when
+        ``m.output`` is a graph output). Raise ``NotRepresentable("why")`` to decline late.
         """
         raise NotImplementedError
 
@@ -120,16 +128,46 @@ class PatternRule(Rule):
                 continue
             b = Builder(ctx, node.name or node.op, match=m)
             try:
-                self.rewrite(m, b)
+                kept = self.rewrite(m, b)
             except NotRepresentable as exc:
                 ctx.decline(node, str(exc), kind="rewrite")
                 continue
+            if kept is not None:
+                ctx.bypass(m.nodes, m.output, _existing_tensor(m, b, kept), at=node)
+                continue
             if not any(t is m.output for p in b.nodes for t in p.outputs):
                 raise RuleUsageError(f"rewrite() does not produce the matched output '{m.output.name}': pass "
-                                     f"outputs=[m.output] to the b.op(...) that computes it")
+                                     f"outputs=[m.output] to the b.op(...) that computes it, or return an "
+                                     f"existing tensor (m.tensor(name)) for its readers to read")
             ctx.replace(m.nodes, b.nodes, at=node)
 
     def near_misses(self, ctx: GraphContext) -> None:
         for node, _ in self._matches(ctx, strict=True):
             ctx.decline(node, f"matched, but the rule supports opsets {self.opset_range()} "
                               f"(the model has {ctx.opset})", kind="opset")
+
+
+def _existing_tensor(m: Match, b: Builder, kept) -> gs.Tensor:
+    """What ``rewrite`` returned, checked: a tensor the matched nodes read, with nothing built."""
+    if b.nodes:
+        raise RuleUsageError(f"rewrite() built {len(b.nodes)} node(s) with b.op(...) and also returned "
+                             f"{_describe(kept)}: either return an existing tensor (the matched nodes go and "
+                             f"the readers of '{m.output.name}' read it) or build the replacement with "
+                             f"b.op(..., outputs=[m.output]) and return nothing")
+    if isinstance(kept, gs.Tensor) and any(kept is t for n in m.nodes for t in n.inputs):
+        return kept
+    bound = m.name_of(kept)
+    if bound is not None and m.tensor(bound) is not None:
+        how = f"m[{bound!r}] is its value: return m.tensor({bound!r}) to read the same tensor"
+    elif kept is m.output:
+        how = "that is the output that goes: return the tensor it equals (m.tensor(name))"
+    else:
+        how = ("return a tensor the match reads (m.tensor(name) of a var or const), or build new values with "
+               "b.op(..., outputs=[m.output]) and return nothing")
+    raise RuleUsageError(f"rewrite() returned {_describe(kept)}, not a tensor the match reads; {how}")
+
+
+def _describe(value) -> str:
+    if isinstance(value, gs.Tensor):
+        return f"tensor '{value.name}'"
+    return f"a {type(value).__name__}" if not isinstance(value, (bool, int, float, str)) else repr(value)

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnx_builders import GraphBuilder, initializer, node_ops
+from onnx_builders import GraphBuilder, initializer, node_ops, op_histogram
 from onnxrep import NotRepresentable, Pass, PatternRule, RuleError, const, op, optimize, var, verify
 
 X = "x"
@@ -457,3 +457,215 @@ def test_optional_var_matches_present_and_absent_inputs(with_c):
     assert list(out.graph.node[0].input) == gemm_inputs
     assert rule_report(rep, "drop-unit-scale").rewrites == 1
     assert_verifies(m, out)
+
+
+# --------------------------------------------------------------------------- removal: rewrite returns a tensor
+class MulByOneIsX(PatternRule):
+    """Mul(x, 1) = x when the 1 does not broadcast x up: the Mul goes, its readers read x."""
+
+    name = "mul-by-one-is-x"
+    pattern = op("Mul", var("x"), const("one", value=1), commutative=True)
+
+    def check(self, m):
+        rank = None if m["x"].shape is None else len(m["x"].shape)
+        if m["one"].ndim > 0 and (rank is None or m["one"].ndim > rank):
+            return f"a 1 of shape {m['one'].shape} may broadcast x up"
+        return None
+
+    def rewrite(self, m, b):
+        return m.tensor("x")
+
+
+def _ort(model, feeds):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def assert_same_outputs(ref, cand, shape):
+    feeds = {X: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    want, got = _ort(ref, feeds), _ort(cand, feeds)
+    assert list(got) == list(want)
+    for name in want:
+        assert np.abs(want[name]).max() > 0
+        np.testing.assert_array_equal(got[name], want[name])  # Mul by 1 is exact
+
+
+def mul_by_one_chain():
+    """x -> Relu -> Mul(r, 1) -> Mul(Constant 1, .) -> {Sigmoid, Tanh} -> Add -> y."""
+    g = GraphBuilder(9)
+    r = g.node("Relu", [X], "r")
+    a = g.node("Mul", [r, g.init(np.float32(1.0), "one")], "a", name="mul_a")
+    g.nodes.append(helper.make_node("Constant", [], ["k1"], name="k1_node",
+                                    value=numpy_helper.from_array(np.ones(1, np.float32), "k1_value")))
+    c = g.node("Mul", ["k1", a], "c", name="mul_c")                        # 1 first: commutative
+    y = g.add(g.node("Sigmoid", [c], "s", name="sig"), g.node("Tanh", [c], "t", name="tanh"), "y")
+    return g, y
+
+
+def test_rewrite_returning_a_tensor_removes_the_matched_nodes():
+    g, y = mul_by_one_chain()
+    m = g.model({X: (2, 3)}, [y])
+    out, rep = run(m, [MulByOneIsX()], include_defaults=False)
+    assert node_ops(m) == ["Relu", "Mul", "Constant", "Mul", "Sigmoid", "Tanh", "Add"]
+    assert node_ops(out) == ["Relu", "Sigmoid", "Tanh", "Add"]
+    r = rule_report(rep, "mul-by-one-is-x")
+    assert (r.rewrites, r.nodes_removed, r.declines) == (2, 3, [])   # two Muls and the dead Constant
+    assert rep.before.nodes - rep.after.nodes == 3
+    assert [i.name for i in out.graph.initializer] == []
+    assert_same_outputs(m, out, (2, 3))
+
+
+def test_removed_output_read_by_two_nodes_both_read_x():
+    g, y = mul_by_one_chain()
+    m = g.model({X: (2, 3)}, [y])
+    out, _ = run(m, [MulByOneIsX()], include_defaults=False)
+    readers = {n.name: list(n.input) for n in out.graph.node if n.op_type in ("Sigmoid", "Tanh")}
+    assert readers == {"sig": ["r"], "tanh": ["r"]}
+
+
+def test_removal_of_a_graph_output_producer_is_declined_with_the_reason():
+    g, y = mul_by_one_chain()
+    z = g.node("Mul", [y, "one"], "z", name="mul_z")   # writes a graph output: it stays
+    m = g.model({X: (2, 3)}, [y, z])
+    out, rep = run(m, [MulByOneIsX()], include_defaults=False)
+    assert op_histogram(out) == {"Relu": 1, "Sigmoid": 1, "Tanh": 1, "Add": 1, "Mul": 1}
+    r = rule_report(rep, "mul-by-one-is-x")
+    assert (r.rewrites, r.nodes_removed) == (2, 3)
+    assert [(d.node, d.kind, d.reason) for d in r.declines] == [
+        ("mul_z", "privacy", "its output 'z' is a graph output (the model's interface keeps its producer)")]
+    assert [o.name for o in out.graph.output] == ["y", "z"]
+    assert_same_outputs(m, out, (2, 3))
+
+
+def test_only_a_graph_output_mul_changes_nothing():
+    g = GraphBuilder(10)
+    y = g.node("Mul", [g.node("Relu", [X]), g.init(np.float32(1.0))], "y", name="mul")
+    m = g.model({X: (2, 3)}, [y])
+    out, rep = run(m, [MulByOneIsX()], include_defaults=False)
+    assert node_ops(out) == ["Relu", "Mul"] and rep.rewrites == 0 and rep.sweeps == 1
+    assert [d.kind for d in rule_report(rep, "mul-by-one-is-x").declines] == ["privacy"]
+
+
+class DoubleNegIsX(PatternRule):
+    """Neg(Neg(x)) = x: both Negs go."""
+    name = "double-neg"
+    pattern = op("Neg", op("Neg", var("x"), name="inner"))
+
+    def rewrite(self, m, b):
+        return m.tensor("x")
+
+
+@pytest.mark.parametrize("inner_read_elsewhere", [False, True])
+def test_removal_of_a_nested_match_and_the_inner_privacy_rule(inner_read_elsewhere):
+    g = GraphBuilder(11)
+    n1 = g.node("Neg", [g.node("Relu", [X], "r")], "n1", name="neg1")
+    y = g.node("Sigmoid", [g.node("Neg", [n1], "n2", name="neg2")], "y")
+    outs = [y] + ([g.node("Tanh", [n1], "t", name="tanh")] if inner_read_elsewhere else [])
+    m = g.model({X: (2, 3)}, outs)
+    out, rep = run(m, [DoubleNegIsX()], include_defaults=False)
+    r = rule_report(rep, "double-neg")
+    if inner_read_elsewhere:
+        assert op_histogram(out) == {"Relu": 1, "Neg": 2, "Sigmoid": 1, "Tanh": 1} and r.rewrites == 0
+        assert [(d.node, d.kind, d.reason) for d in r.declines] == [
+            ("neg2", "privacy", "tensor 'n1' inside the match is also read by 'tanh'")]
+    else:
+        assert node_ops(out) == ["Relu", "Sigmoid"] and (r.rewrites, r.nodes_removed) == (1, 2)
+        assert list(out.graph.node[1].input) == ["r"]
+    assert_same_outputs(m, out, (2, 3))
+
+
+def test_removal_redirects_readers_inside_an_if_body():
+    """An If branch reads the outer Mul's output by name: after the removal it reads x."""
+    g = GraphBuilder(12)
+    a = g.node("Mul", [g.node("Relu", [X], "r"), g.init(np.float32(1.0))], "a", name="mul_a")
+    then_g = helper.make_graph([helper.make_node("Sigmoid", [a], ["t_out"], name="body_sig")], "then", [],
+                               [helper.make_tensor_value_info("t_out", onnx.TensorProto.FLOAT, [2, 3])])
+    else_g = helper.make_graph([helper.make_node("Neg", [a], ["e_out"], name="body_neg")], "else", [],
+                               [helper.make_tensor_value_info("e_out", onnx.TensorProto.FLOAT, [2, 3])])
+    g.nodes.append(helper.make_node("ReduceSum", [X], ["sum"], keepdims=0, name="sum"))
+    g.nodes.append(helper.make_node("Greater", ["sum", g.init(np.float32(0.0))], ["cond"], name="gt"))
+    g.nodes.append(helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="if"))
+    m = g.model({X: (2, 3)}, [("y", (2, 3))])
+    out, rep = run(m, [MulByOneIsX()], include_defaults=False)
+    assert "Mul" not in node_ops(out) and rule_report(rep, "mul-by-one-is-x").rewrites == 1
+    (if_node,) = [n for n in out.graph.node if n.op_type == "If"]
+    assert [list(a.g.node[0].input) for a in if_node.attribute] == [["r"], ["r"]]
+    for sign in (1.0, -1.0):   # both branches
+        feeds = {X: sign * np.abs(np.random.default_rng(1).standard_normal((2, 3))).astype(np.float32)}
+        np.testing.assert_array_equal(_ort(out, feeds)["y"], _ort(m, feeds)["y"])
+
+
+def test_removal_is_declined_when_x_has_another_shape():
+    """No check: Mul(x, ones(2, 3)) with x (3,) is (2, 3); x cannot stand for it."""
+    class Careless(MulByOneIsX):
+        name = "careless"
+
+        def check(self, m):
+            return None
+
+    g = GraphBuilder(13)
+    y = g.node("Sigmoid", [g.node("Mul", [X, g.init(np.ones((2, 3), np.float32))], "a", name="mul")], "y")
+    m = g.model({X: (3,)}, [y])
+    out, rep = run(m, [Careless()], include_defaults=False)
+    assert node_ops(out) == ["Mul", "Sigmoid"]
+    (d,) = rule_report(rep, "careless").declines
+    assert (d.node, d.kind, d.reason) == ("mul", "rewrite", "'x' has shape [3], the output 'a' has shape [2, 3]")
+    (d,) = rule_report(run(m, [MulByOneIsX()], include_defaults=False)[1], "mul-by-one-is-x").declines
+    assert (d.kind, d.reason) == ("check", "a 1 of shape (2, 3) may broadcast x up")
+
+
+def _misuse(rewrite):
+    class Misuse(MulByOneIsX):
+        name = "misuse"
+
+    Misuse.rewrite = rewrite
+    g, y = mul_by_one_chain()
+    m = g.model({X: (2, 3)}, [y])
+    before = m.SerializeToString()
+    with pytest.raises(RuleError) as err:
+        optimize(m, rules=[Misuse()], include_defaults=False)
+    assert m.SerializeToString() == before
+    assert type(err.value.cause).__name__ == "RuleUsageError" and err.value.rule == "misuse"
+    return str(err.value)
+
+
+def test_returning_a_tensor_after_building_nodes_is_an_error():
+    def rewrite(self, m, b):
+        b.op("Identity", [m.tensor("x")], outputs=[m.output])
+        return m.tensor("x")
+
+    msg = _misuse(rewrite)
+    assert "rule 'misuse' failed on node 'mul_a'" in msg
+    assert "built 1 node(s) with b.op(...) and also returned tensor 'r'" in msg and "return nothing" in msg
+
+
+@pytest.mark.parametrize("returned,says", [
+    (lambda m, b: m["one"], "m['one'] is its value: return m.tensor('one')"),
+    (lambda m, b: m.output, "returned tensor 'a', not a tensor the match reads; that is the output that goes"),
+    (lambda m, b: b.const("new", np.ones(1, np.float32)), "not a tensor the match reads; return a tensor the match"),
+    (lambda m, b: True, "returned True, not a tensor the match reads"),
+], ids=["array", "output", "new-const", "bool"])
+def test_returning_what_is_not_a_tensor_the_match_reads_is_an_error(returned, says):
+    assert says in _misuse(lambda self, m, b: returned(m, b))
+
+
+def test_returning_a_const_tensor_removes_the_node():
+    """Add(0, c) with c a constant: the readers read the initializer c."""
+    class AddZero(PatternRule):
+        name = "add-zero"
+        pattern = op("Add", const("zero", value=0), const("c"))
+
+        def rewrite(self, m, b):
+            return m.tensor("c")
+
+    g = GraphBuilder(14)
+    c = g.init(g.randn(3), "C")
+    y = g.node("Mul", [X, g.node("Add", [g.init(np.zeros(3, np.float32)), c])], "y")
+    m = g.model({X: (2, 3)}, [y])
+    out, rep = run(m, [AddZero()], include_defaults=False)
+    assert node_ops(out) == ["Mul"] and list(out.graph.node[0].input) == [X, "C"]
+    assert (rule_report(rep, "add-zero").rewrites, rule_report(rep, "add-zero").nodes_removed) == (1, 1)
+    assert_same_outputs(m, out, (2, 3))

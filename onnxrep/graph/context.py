@@ -7,6 +7,7 @@ import and kept up to date by the edits below. Nothing here rescans the graph pe
 Queries: ``nodes``, ``producer``, ``consumers``, ``is_live``, ``is_graph_output``, ``is_private``,
 ``is_absent``, ``constant``, ``constant_info``, ``opset``, ``graph``.
 Edits (each counted in the running rule's record): ``replace`` (a region by new nodes),
+``bypass`` (a region whose output equals an existing tensor: its readers read that tensor),
 ``remove`` (a node that passes its input through), ``substitute`` (readers of one tensor read
 another), ``decline``, ``merged``; ``make_constant`` / ``unique_name`` for fresh objects, and
 ``memory``, a dict the running rule keeps from sweep to sweep.
@@ -22,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from ..report import Decline, MergedConv, RuleRecord
 from . import gs_shim
-from .builder import PendingNode
+from .builder import PendingNode, RuleUsageError
 from .constants import ConstantQueries, is_onnx_op
 
 
@@ -220,15 +221,43 @@ class GraphContext(ConstantQueries):
     def remove(self, node: gs.Node, keep: int = 0) -> bool:
         """Remove a node whose output equals its input ``keep`` (Identity, Dropout at inference):
         its readers read that input instead; one rewrite. A node whose output is a graph output
-        stays (declined): the output name is the model's interface."""
-        out = node.outputs[0]
-        if self.is_graph_output(out):
-            self.decline(node, f"its output '{out.name}' is a graph output", kind="privacy")
+        stays (declined): the output name is the model's interface. ``bypass([node], ...)``."""
+        return self.bypass([node], node.outputs[0], node.inputs[keep], at=node)
+
+    def bypass(self, region: list[gs.Node], output: gs.Tensor, replacement: gs.Tensor,
+               at: gs.Node | None = None) -> bool:
+        """Remove ``region``, whose ``output`` equals the existing tensor ``replacement``: every
+        reader of ``output`` (several nodes, nodes of If / Loop / Scan bodies included) reads
+        ``replacement`` instead; one rewrite, Constant nodes left unread go too.
+
+        Declined at ``at`` (default: the region's last node), nothing changed, and ``False``
+        returned when ``output`` is a graph output (the model's interface keeps its producer),
+        when another tensor made inside the region escapes it (``not_private``), or when the
+        known shapes or types of ``output`` and ``replacement`` differ. ``replacement`` must not
+        be made inside the region (a ``RuleUsageError``).
+        """
+        region = list(region)
+        where = at if at is not None else region[-1] if region else self.at
+        if not any(output is t for n in region for t in n.outputs):
+            raise RuleUsageError(f"bypass: tensor '{output.name}' is not an output of the region")
+        if any(replacement is t for n in region for t in n.outputs):
+            raise RuleUsageError(f"bypass: the replacement '{replacement.name}' is made inside the region that goes")
+        if self.is_graph_output(output):
+            self.decline(where, f"its output '{output.name}' is a graph output (the model's interface keeps "
+                                f"its producer)", kind="privacy")
             return False
-        if not self._admit(node):
+        problem = self.not_private(region, [output])
+        if problem is not None:
+            self.decline(where, problem, kind="privacy")
             return False
-        self._redirect(out, node.inputs[keep])
-        self._count(1 + self.drop_dead_constants(self.disconnect([node])))
+        conflict = _conflict(output, replacement)
+        if conflict is not None:
+            self.decline(where, conflict, kind="rewrite")
+            return False
+        if not self._admit(where):
+            return False
+        self._redirect(output, replacement)
+        self._count(len(region) + self.drop_dead_constants(self.disconnect(region)))
         return True
 
     def substitute(self, tensor: gs.Tensor, replacement: gs.Tensor) -> bool:
@@ -295,3 +324,21 @@ class GraphContext(ConstantQueries):
                 p.outputs.clear()
                 dead += 1
         return dead
+
+
+def _conflict(output: gs.Tensor, replacement: gs.Tensor) -> str | None:
+    """Why ``replacement`` cannot stand for ``output``: known types or known dims that differ."""
+    a, b = output.dtype, replacement.dtype
+    try:
+        differ = a is not None and b is not None and np.dtype(a) != np.dtype(b)
+    except (TypeError, ValueError):  # a dtype numpy does not know
+        differ = False
+    if differ:
+        return f"'{replacement.name}' is {np.dtype(b)}, the output '{output.name}' is {np.dtype(a)}"
+    sa, sb = output.shape, replacement.shape
+    if sa is None or sb is None:
+        return None
+    sa, sb = list(sa), list(sb)
+    if len(sa) != len(sb) or any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(sa, sb)):
+        return f"'{replacement.name}' has shape {sb}, the output '{output.name}' has shape {sa}"
+    return None
