@@ -25,7 +25,9 @@ class RuleSetError(ValueError):
 def resolve_rules(rules: Iterable[Rule] | None, include_defaults: bool) -> list[Rule]:
     """The built-in rules (if ``include_defaults``) and ``rules`` (classes or instances), by priority.
 
-    Names must be unique: a user rule named like a built-in one is refused, not merged into its row.
+    Names must be unique among the rules that run: a user rule named like a built-in one is refused
+    (not merged into its row) unless ``include_defaults`` is False, when no built-in runs and the
+    name is the user rule's alone.
     """
     from .rules import default_rules
     chosen = list(default_rules()) if include_defaults else []
@@ -61,8 +63,10 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     """Rewrite ``model`` with the built-in rules plus ``rules``; return the new model and a report.
 
     ``model`` itself is not modified. Rules run in priority order, sweep after sweep, until a
-    sweep changes nothing (at most ``max_sweeps``). A rule outside its opset range only looks for
-    near-misses. Raises ``RuleSetError`` for a bad rule set and ``RuleError`` when a rule raises.
+    sweep changes nothing (at most ``max_sweeps``; stopped there, ``report.still_rewriting`` names
+    the rules that edited in the last sweep). A rule outside its opset range only looks for
+    near-misses. ``include_defaults=False``: only ``rules`` run (one may then take a built-in's
+    name). Raises ``RuleSetError`` for a bad rule set and ``RuleError`` when a rule raises.
     Verification is separate: see ``onnxrep.verify`` or ``onnxrep.optimize_file``.
     ``edit_limit``: make only the first N edits (``report.edits`` lists them: rule and node).
     """
@@ -84,20 +88,25 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
         if not r.applies_to(opset):
             records[id(r)].skipped = f"it supports opsets {r.opset_range()}, the model has opset {opset}"
     cleanup = RuleRecord(CLEANUP)
-    sweeps, changed = 0, True
+    sweeps, changed, still_rewriting = 0, True, []
+    edited: dict[str, int] = {}  # per rule that edited the graph in the last sweep: how many edits
     for sweep in range(max_sweeps if opset >= 11 else 0):
         sweeps += 1
         graph.toposort()
         ctx = GraphContext(graph, opset, overridable, edits=edits)
         contexts = [ctx] + [GraphContext(body, opset, overridable, ctx._names, main=False, edits=edits)
                             for body in subgraphs(graph)]
+        edited = {}
         for rule in rule_list:
             record = records[id(rule)]
             record.declines = []  # the report keeps the last sweep's
             if progress:
                 progress(f"sweep {sweep + 1}: {record.name}")
+            first = len(edits.entries)  # every edit that changes the graph is admitted there
             for c in contexts if not rule.whole_model else contexts[:1]:
                 _run(rule, c, record, record.skipped is None)
+            if len(edits.entries) > first:
+                edited[record.name] = len(edits.entries) - first
         changed = any(c.changed for c in contexts)
         live = sum(1 for n in graph.nodes if n.outputs)
         graph.cleanup(remove_unused_graph_inputs=False)
@@ -107,6 +116,9 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     else:
         if opset >= 11 and max_sweeps > 0:
             notes.append(f"stopped after {max_sweeps} sweeps with rewrites still happening (--max-sweeps)")
+            still_rewriting = list(edited)
+            notes += [f"rule '{name}' still rewriting after {max_sweeps} sweeps ({n} edit(s) in the last one)"
+                      for name, n in edited.items()]
     if sweeps and changed:  # the sweep limit stopped a changing graph: sort it once more
         graph.toposort()
     out = export(graph, model, overridable)
@@ -114,4 +126,4 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
     report_rules = [records[id(r)] for r in rule_list] + ([cleanup] if cleanup.nodes_removed else [])
     merged = [c for r in report_rules for c in r.merged if c.conv in final]
     return out, Report(before, graph_stats(out), report_rules, sweeps, time.perf_counter() - start, opset,
-                       notes=notes, merged_convs=merged, edits=edits.entries)
+                       notes=notes, merged_convs=merged, edits=edits.entries, still_rewriting=still_rewriting)

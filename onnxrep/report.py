@@ -100,6 +100,8 @@ class Report:
     culprit: dict | None = None
     #: ``--equalize`` / ``--int8-report``: the measured W8A8 errors (``onnxrep.equalization.Int8Report``)
     int8: object | None = None
+    #: the rules that still edited the graph in the last sweep when ``max_sweeps`` stopped the run
+    still_rewriting: list[str] = field(default_factory=list)
 
     @property
     def rewrites(self) -> int:
@@ -119,6 +121,7 @@ class Report:
             "verification": self.verification.to_dict() if self.verification is not None else None,
             "int8": self.int8.to_dict() if self.int8 is not None else None,
             "notes": list(self.notes),
+            "still_rewriting": list(self.still_rewriting),
             "merged_convs": [asdict(c) for c in self.merged_convs],
             "culprit": self.culprit,
         }

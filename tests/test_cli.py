@@ -336,7 +336,9 @@ def test_max_sweeps_limit_is_reported(tmp_path, capsys):
     g = _dbb_like_border_model()
     out1, rep1 = optimize(g, max_sweeps=1)
     out3, rep3 = optimize(g)
-    assert rep1.notes == ["stopped after 1 sweeps with rewrites still happening (--max-sweeps)"]
+    assert rep1.notes == ["stopped after 1 sweeps with rewrites still happening (--max-sweeps)",
+                          "rule 'canonicalize-border-fill' still rewriting after 1 sweeps (1 edit(s) in the last one)"]
+    assert rep1.still_rewriting == ["canonicalize-border-fill"] and rep3.still_rewriting == []
     assert rep3.notes == [] and rep3.after.nodes < rep1.after.nodes
     assert [n.op_type for n in out3.graph.node] == ["Conv"]
     from onnxrep import verify

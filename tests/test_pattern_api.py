@@ -669,3 +669,15 @@ def test_returning_a_const_tensor_removes_the_node():
     assert node_ops(out) == ["Mul"] and list(out.graph.node[0].input) == [X, "C"]
     assert (rule_report(rep, "add-zero").rewrites, rule_report(rep, "add-zero").nodes_removed) == (1, 1)
     assert_same_outputs(m, out, (2, 3))
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2])
+def test_removal_is_an_admitted_edit(limit):
+    """Culprit bisection (``edit_limit``) counts and refuses removals like any edit."""
+    g, y = mul_by_one_chain()
+    m = g.model({X: (2, 3)}, [y])
+    out, rep = optimize(m, rules=[MulByOneIsX()], include_defaults=False, edit_limit=limit)
+    assert rep.edits == [("mul-by-one-is-x", "mul_a"), ("mul-by-one-is-x", "mul_c")][:limit]
+    assert op_histogram(out).get("Mul", 0) == 2 - limit
+    assert rule_report(rep, "mul-by-one-is-x").rewrites == limit
+    assert_same_outputs(m, out, (2, 3))

@@ -3,6 +3,7 @@
 issue 9 (errors that name the rule, name clashes, API misuse, opset skips, near-misses)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,127 @@ def test_a_user_rule_named_like_a_builtin_is_refused(tmp_path, capsys):
                      "    def run(self, ctx):\n        pass\n")
     code, _, err = _cli(["optimize", src, tmp_path / "o.onnx", "--rules-from", rules], capsys)
     assert code == 6 and "rule name 'fold-constants'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_without_default_rules_a_user_rule_may_take_a_builtin_name(tmp_path, capsys):
+    """No built-in runs then, so the name is the user rule's alone (README, "Errors")."""
+    class Named(PatternRule):
+        name = "collapse-linear-regions"
+        pattern = op("Relu", op("Relu", var("x")))
+
+        def rewrite(self, m, b):
+            b.op("Relu", [m.tensor("x")], outputs=[m.output])
+
+    g = GraphBuilder(3)
+    m = g.model({X: (2, 3)}, [g.node("Relu", [g.node("Relu", [X])], "y")])
+    with pytest.raises(RuleSetError, match="'collapse-linear-regions' .* already used by a built-in rule"):
+        optimize(m, rules=[Named()])
+    out, report = optimize(m, rules=[Named()], include_defaults=False)
+    assert [(r.name, r.rewrites, r.nodes_removed) for r in report.rules] == [("collapse-linear-regions", 1, 1)]
+    assert node_ops(out) == ["Relu"]
+    src, rules = tmp_path / "m.onnx", tmp_path / "named.py"
+    onnx.save(m, src)
+    rules.write_text("from onnxrep import Pass\n\nclass Named(Pass):\n    name = 'fold-constants'\n\n"
+                     "    def run(self, ctx):\n        for n in ctx.nodes('Relu'):\n"
+                     "            ctx.decline(n, 'seen')\n")
+    code, _, err = _cli(["optimize", src, tmp_path / "o.onnx", "--rules-from", rules, "--no-default-rules",
+                         "--json", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["name"], len(r["declined"])) for r in payload["rules"]] == [("fold-constants", 2)]
+    two = [Named(), Named()]
+    with pytest.raises(RuleSetError, match="already used by another rule"):
+        optimize(m, rules=two, include_defaults=False)
+
+
+class Remultiply(PatternRule):
+    """Mul(x, k) => an equal Mul(x, k): rewrites forever (the pattern matches what it builds)."""
+    name = "remultiply"
+    pattern = op("Mul", var("x"), const("k", value=2))
+
+    def rewrite(self, m, b):
+        b.op("Mul", [m.tensor("x"), m.tensor("k")], outputs=[m.output])
+
+
+class MulByOneIsX(PatternRule):
+    name = "mul-by-one-is-x"
+    pattern = op("Mul", var("x"), const("one", value=1))
+
+    def rewrite(self, m, b):
+        return m.tensor("x")
+
+
+def _endless_model():
+    g = GraphBuilder(8)
+    a = g.node("Mul", [g.node("Mul", [X, g.init(np.float32(1.0))]), g.init(np.float32(2.0), "two")], "a")
+    return g.model({X: (2, 3)}, [g.node("Mul", [g.node("Relu", [a]), "two"], "y")])
+
+
+@pytest.mark.parametrize("max_sweeps", [3, 8])
+def test_the_sweep_limit_names_the_rules_still_rewriting(max_sweeps):
+    out, report = optimize(_endless_model(), rules=[Remultiply(), MulByOneIsX()], include_defaults=False,
+                           max_sweeps=max_sweeps)
+    assert report.sweeps == max_sweeps
+    assert (_record(report, "remultiply").rewrites, _record(report, "mul-by-one-is-x").rewrites) == (2 * max_sweeps, 1)
+    assert report.still_rewriting == ["remultiply"]  # mul-by-one-is-x rewrote in sweep 1 only
+    assert report.to_dict()["still_rewriting"] == ["remultiply"]
+    named = [n for n in report.notes if n.startswith("rule ")]
+    assert named == [f"rule 'remultiply' still rewriting after {max_sweeps} sweeps (2 edit(s) in the last one)"]
+    assert op_histogram(out) == {"Mul": 2, "Relu": 1}
+
+
+def test_a_run_that_converges_names_no_rule():
+    _, report = optimize(_endless_model(), rules=[MulByOneIsX()], include_defaults=False, max_sweeps=2)
+    assert report.sweeps == 2 and report.rewrites == 1   # sweep 2 changed nothing
+    assert report.still_rewriting == [] and report.notes == []
+    assert report.to_dict()["still_rewriting"] == []
+
+
+def test_cli_reports_the_rule_still_rewriting_in_text_and_json(tmp_path, capsys):
+    src, rules, js = tmp_path / "m.onnx", tmp_path / "endless.py", tmp_path / "r.json"
+    onnx.save(_endless_model(), src)
+    rules.write_text("from onnxrep import PatternRule, const, op, var\n\nclass Remultiply(PatternRule):\n"
+                     "    name = 'remultiply'\n    pattern = op('Mul', var('x'), const('k', value=2))\n\n"
+                     "    def rewrite(self, m, b):\n"
+                     "        b.op('Mul', [m.tensor('x'), m.tensor('k')], outputs=[m.output])\n")
+    code, out, err = _cli(["optimize", src, tmp_path / "o.onnx", "--rules-from", rules, "--max-sweeps", "5",
+                           "--json", js], capsys)
+    assert code == 0, err
+    assert "note: rule 'remultiply' still rewriting after 5 sweeps" in out
+    payload = json.loads(js.read_text())
+    assert payload["sweeps"] == 5 and payload["still_rewriting"] == ["remultiply"]
+    assert _record_dict(payload, "remultiply")["rewrites"] == 10
+    assert any(n.startswith("rule 'remultiply' still rewriting after 5 sweeps") for n in payload["notes"])
+
+
+def _record_dict(payload, name):
+    return next(r for r in payload["rules"] if r["name"] == name)
+
+
+def test_remove_declines_a_node_whose_other_output_is_read():
+    """ctx.remove(Dropout) with its mask read: the mask would lose its producer."""
+    class DropDropout(Pass):
+        name = "drop-dropout"
+
+        def run(self, ctx):
+            for node in ctx.nodes("Dropout"):
+                ctx.remove(node)
+
+    for mask in (False, True):
+        g = GraphBuilder(9)
+        g.nodes.append(onnx.helper.make_node("Dropout", [X], ["d"] + (["mask"] if mask else []), name="do"))
+        y = g.node("Relu", ["d"], "y")
+        outs = [y] + ([g.node("Cast", ["mask"], "mf", name="cast", to=onnx.TensorProto.FLOAT)] if mask else [])
+        m = g.model({X: (2, 3)}, outs, opset=13)
+        out, report = optimize(m, rules=[DropDropout()], include_defaults=False)
+        rec = _record(report, "drop-dropout")
+        if mask:
+            assert node_ops(out) == ["Dropout", "Relu", "Cast"] and rec.rewrites == 0
+            assert [(d.node, d.kind, d.reason) for d in rec.declines] == [
+                ("do", "privacy", "tensor 'mask' inside the region is also read by 'cast'")]
+        else:
+            assert node_ops(out) == ["Relu"] and (rec.rewrites, rec.nodes_removed) == (1, 1)
+        assert verify(m, out).passed
 
 
 def _mul_model():
