@@ -461,15 +461,15 @@ def test_optional_var_matches_present_and_absent_inputs(with_c):
 
 # --------------------------------------------------------------------------- removal: rewrite returns a tensor
 class MulByOneIsX(PatternRule):
-    """Mul(x, 1) = x when the 1 does not broadcast x up: the Mul goes, its readers read x."""
+    """Mul(x, 1) = x: the Mul goes, its readers read x (the README's example)."""
 
     name = "mul-by-one-is-x"
     pattern = op("Mul", var("x"), const("one", value=1), commutative=True)
 
     def check(self, m):
-        rank = None if m["x"].shape is None else len(m["x"].shape)
-        if m["one"].ndim > 0 and (rank is None or m["one"].ndim > rank):
-            return f"a 1 of shape {m['one'].shape} may broadcast x up"
+        one, x = m["one"], m["x"]
+        if one.size != 1 or (one.ndim and (x.shape is None or one.ndim > len(x.shape))):
+            return f"a 1 of shape {one.shape} may broadcast x to a larger shape"
         return None
 
     def rewrite(self, m, b):
@@ -614,7 +614,7 @@ def test_removal_is_declined_when_x_has_another_shape():
     (d,) = rule_report(rep, "careless").declines
     assert (d.node, d.kind, d.reason) == ("mul", "rewrite", "'x' has shape [3], the output 'a' has shape [2, 3]")
     (d,) = rule_report(run(m, [MulByOneIsX()], include_defaults=False)[1], "mul-by-one-is-x").declines
-    assert (d.kind, d.reason) == ("check", "a 1 of shape (2, 3) may broadcast x up")
+    assert (d.kind, d.reason) == ("check", "a 1 of shape (2, 3) may broadcast x to a larger shape")
 
 
 def _misuse(rewrite):
@@ -680,4 +680,22 @@ def test_removal_is_an_admitted_edit(limit):
     assert rep.edits == [("mul-by-one-is-x", "mul_a"), ("mul-by-one-is-x", "mul_c")][:limit]
     assert op_histogram(out).get("Mul", 0) == 2 - limit
     assert rule_report(rep, "mul-by-one-is-x").rewrites == limit
+    assert_same_outputs(m, out, (2, 3))
+
+
+def test_the_readmes_removal_example_is_this_rule():
+    """README "Removing nodes": its MulByOne runs as shown and removes both Muls of the chain."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "class MulByOne(" in c]
+    scope = {"PatternRule": PatternRule, "op": op, "var": var, "const": const}
+    exec(code, scope)
+    g, y = mul_by_one_chain()
+    m = g.model({X: (2, 3)}, [y])
+    out, rep = run(m, [scope["MulByOne"]()], include_defaults=False)
+    assert node_ops(out) == ["Relu", "Sigmoid", "Tanh", "Add"]
+    r = rule_report(rep, "remove-mul-by-one")
+    assert (r.rewrites, r.nodes_removed) == (2, 3)
     assert_same_outputs(m, out, (2, 3))
