@@ -109,6 +109,7 @@ def _pad_1x1_to_3x3_tensor(kernel1x1):
 class Conv(nn.Module):
     """Standard convolution ``act(bn(conv(x)))`` (ultralytics ``Conv``; YOLOv7's ``Conv`` is the
     same module with ``d=1``). ``act=True`` is SiLU, ``act=False`` identity, or a module."""
+    table_args = "channels"
 
     def __init__(self, c1, c2, k=1, s=1, p=None, g=1, d=1, act=True):
         super().__init__()
@@ -146,31 +147,33 @@ class Concat(nn.Module):
 
 
 # =============================================================================== layer-table models
+#: how :func:`parse_model` completes a row's args, by the layer type's ``table_args`` attribute (each family
+#: module states it on its own layer types, so this module imports none of them):
+#:   "channels"  ``[c1, c2 * width, *args]`` (c2 rounded to a multiple of 8)
+#:   "repeat"    the same, and the repeat count ``n`` as the third argument (the layer repeats itself)
+#:   "head"      the list of input channels inserted at ``table_head_at`` (``None``: appended)
+#:   absent      args as written; the output channels are the input's (nn.Upsample, MP, SP)
 def parse_model(rows, nc: int, depth: float, width: float, max_channels: float = float("inf"),
                 ch: int = 3) -> tuple[nn.Sequential, list[int]]:
     """Build ``model.0 .. model.N`` from ``[from, repeats, module, args]`` rows like the official
     ``parse_model`` (ultralytics / YOLOv7): channel scaling, depth gain, Concat, heads."""
-    # the family modules import this one, so their layer types are imported here, at call time
-    from .yolov7 import IDetect, RepConv
-    from .yolov10 import PSA, SPPF, Bottleneck, C2f, C2fCIB, SCDown, v10Detect
-
-    channel_modules = (Conv, C2f, C2fCIB, SCDown, SPPF, PSA, RepConv, Bottleneck)
-    repeat_modules = (C2f, C2fCIB)
     layers, save, chs = [], [], [ch]
     for i, (f, n, m, args) in enumerate(rows):
         args = list(args)
         n = max(round(n * depth), 1) if n > 1 else n
-        if m in channel_modules:
+        kind = getattr(m, "table_args", None)
+        if kind in ("channels", "repeat"):
             c1, c2 = chs[f], args[0]
             c2 = make_divisible(min(c2, max_channels) * width, 8)
             args = [c1, c2, *args[1:]]
-            if m in repeat_modules:
+            if kind == "repeat":
                 args.insert(2, n)
                 n = 1
         elif m is Concat:
             c2 = sum(chs[x] for x in f)
-        elif m in (v10Detect, IDetect):
-            args.insert(len(args) if m is v10Detect else 2, [chs[x] for x in f])
+        elif kind == "head":
+            at = m.table_head_at
+            args.insert(len(args) if at is None else at, [chs[x] for x in f])
             c2 = None
         else:  # nn.Upsample, MP, SP
             c2 = chs[f]

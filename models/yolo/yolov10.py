@@ -28,6 +28,7 @@ from .common import _F64, Concat, Conv, YOLOGraphModel, scale_convs_to_unit_std_
 
 class Bottleneck(nn.Module):
     """Standard bottleneck (ultralytics)."""
+    table_args = "channels"  # parse_model: [c1, c2, *args]
 
     def __init__(self, c1, c2, shortcut=True, g=1, k=(3, 3), e=0.5):
         super().__init__()
@@ -42,6 +43,7 @@ class Bottleneck(nn.Module):
 
 class C2f(nn.Module):
     """Faster Implementation of CSP Bottleneck with 2 convolutions (ultralytics)."""
+    table_args = "repeat"  # parse_model: [c1, c2, n, *args] (C2fCIB inherits it)
 
     def __init__(self, c1, c2, n=1, shortcut=False, g=1, e=0.5):
         super().__init__()
@@ -59,6 +61,7 @@ class C2f(nn.Module):
 class SCDown(nn.Module):
     """Spatial-channel decoupled downsampling (YOLOv10): 1x1 Conv, then depthwise KxK stride-s
     Conv without activation."""
+    table_args = "channels"  # parse_model: [c1, c2, *args]
 
     def __init__(self, c1, c2, k, s):
         super().__init__()
@@ -71,6 +74,7 @@ class SCDown(nn.Module):
 
 class SPPF(nn.Module):
     """Spatial Pyramid Pooling - Fast (ultralytics)."""
+    table_args = "channels"  # parse_model: [c1, c2, *args]
 
     def __init__(self, c1, c2, k=5):
         super().__init__()
@@ -174,6 +178,7 @@ class Attention(nn.Module):
 
 class PSA(nn.Module):
     """Partial self-attention (YOLOv10)."""
+    table_args = "channels"  # parse_model: [c1, c2, *args]
 
     def __init__(self, c1, c2, e=0.5):
         super().__init__()
@@ -199,6 +204,7 @@ class v10Detect(nn.Module):  # noqa: N801 (official name)
     (nc)``. Returns the raw per-level outputs concatenated, ``(B, 4 * reg_max + nc, N)`` (what
     ``Detect.inference`` calls ``x_cat``); DFL, box decode and ``v10postprocess`` are left out.
     """
+    table_args, table_head_at = "head", None  # parse_model appends the input channels
 
     def __init__(self, nc=80, ch=()):
         super().__init__()

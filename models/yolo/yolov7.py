@@ -48,6 +48,7 @@ class SP(nn.Module):
 class RepConv(nn.Module):
     """YOLOv7 RepConv: ``act(rbr_dense(x) + rbr_1x1(x) + rbr_identity(x))`` with
     ``nn.Sequential(conv, BN)`` branches; ``fuse_repvgg_block()`` -> ``rbr_reparam``."""
+    table_args = "channels"  # parse_model: [c1, c2, *args]
 
     def __init__(self, c1, c2, k=3, s=1, p=None, g=1, act=True, deploy=False):
         super().__init__()
@@ -142,6 +143,7 @@ class IDetect(nn.Module):
     ImplicitA into ``m[i].bias`` and ImplicitM into ``m[i]``'s weight and bias (float64) and
     deletes ``ia`` / ``im``.
     """
+    table_args, table_head_at = "head", 2  # parse_model: [nc, anchors, input channels]
 
     def __init__(self, nc=80, anchors=(), ch=(), implicit_std=0.02):
         super().__init__()
