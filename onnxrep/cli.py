@@ -176,9 +176,11 @@ def _list_rules(args) -> int:
     try:
         extra = [r for path in args.rules_from for r in load_rules_from(path)]
         listed = [(r, "default") for r in resolve_rules([], True)]
+        builtin = {r.rule_name for r, _ in listed}
         listed += [(r, f"opt-in: {flag}") for r, flag in opt_in_rules()]
-        listed += [(r, "--rules-from") for r in resolve_rules(extra, False)]
-        resolve_rules(extra, True)  # a name clash with a built-in is refused here as in optimize
+        # a built-in's name is free only when the built-ins do not run (optimizer.resolve_rules)
+        listed += [(r, "--rules-from" + (" (only with --no-default-rules: a built-in's name)"
+                                         if r.rule_name in builtin else "")) for r in resolve_rules(extra, False)]
     except (RulesFileError, RuleSetError) as exc:
         return _error(str(exc), EXIT_RULES)
     rows = [["rule", "priority", "opsets", "kind", "runs", "what it does"]]

@@ -132,7 +132,7 @@ class PatternRule(Rule):
             except NotRepresentable as exc:
                 ctx.decline(node, str(exc), kind="rewrite")
                 continue
-            if kept is not None:
+            if kept is not None and not _built_here(b, kept):
                 ctx.bypass(m.nodes, m.output, _existing_tensor(m, b, kept), at=node)
                 continue
             if not any(t is m.output for p in b.nodes for t in p.outputs):
@@ -145,6 +145,14 @@ class PatternRule(Rule):
         for node, _ in self._matches(ctx, strict=True):
             ctx.decline(node, f"matched, but the rule supports opsets {self.opset_range()} "
                               f"(the model has {ctx.opset})", kind="opset")
+
+
+def _built_here(b: Builder, value) -> bool:
+    """``value`` is what ``b.op(...)`` returned (its output list, or one of its outputs): ``return b.op(...)``
+    builds the replacement as if nothing were returned."""
+    made = [t for p in b.nodes for t in p.outputs]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return bool(values) and all(any(v is t for t in made) for v in values)
 
 
 def _existing_tensor(m: Match, b: Builder, kept) -> gs.Tensor:

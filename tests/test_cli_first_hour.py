@@ -183,3 +183,14 @@ def test_integer_and_bool_outputs_are_verified_exactly(tmp_path, capsys):
     # a tolerance the user gives applies to every output, as documented
     code, _, _ = _run(["compare", a, b, "--rtol", "1e-5", "--atol", "0"], capsys)
     assert code == cli.EXIT_OK
+
+
+def test_rules_lists_a_user_rule_named_like_a_builtin_with_when_it_can_run(tmp_path, capsys):
+    rules = tmp_path / "named.py"
+    rules.write_text("from onnxrep import Pass\n\nclass Named(Pass):\n    '''Mine.'''\n    name = 'fold-constants'\n"
+                     "\n    def run(self, ctx):\n        pass\n")
+    code, out, err = _run(["rules", "--rules-from", rules], capsys)
+    assert code == cli.EXIT_OK, err
+    named = [line for line in out.splitlines() if line.startswith("fold-constants ")]
+    assert len(named) == 2 and " default " in named[0]
+    assert "--rules-from (only with --no-default-rules: a built-in's name)" in named[1] and "Mine." in named[1]

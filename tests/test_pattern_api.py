@@ -642,6 +642,22 @@ def test_returning_a_tensor_after_building_nodes_is_an_error():
     assert "built 1 node(s) with b.op(...) and also returned tensor 'r'" in msg and "return nothing" in msg
 
 
+def test_returning_what_b_op_built_is_the_same_as_returning_nothing():
+    """``return b.op(..., outputs=[m.output])`` (a habit) builds the replacement; nothing is bypassed."""
+    class MulToIdentity(MulByOneIsX):
+        name = "mul-to-identity"
+
+        def rewrite(self, m, b):
+            return b.op("Identity", [m.tensor("x")], outputs=[m.output])
+
+    g, y = mul_by_one_chain()
+    m = g.model({X: (2, 3)}, [y])
+    out, rep = optimize(m, rules=[MulToIdentity()], include_defaults=False)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Identity") == ops.count("Mul") + 2 == 2  # both Muls became Identities, none bypassed
+    assert rule_report(rep, "mul-to-identity").rewrites == 2
+
+
 @pytest.mark.parametrize("returned,says", [
     (lambda m, b: m["one"], "m['one'] is its value: return m.tensor('one')"),
     (lambda m, b: m.output, "returned tensor 'a', not a tensor the match reads; that is the output that goes"),
