@@ -21,7 +21,7 @@ from models.export import MODELS, build, export_onnx
 from models.resrep import (CONVERSION_EPSILON, CompactorConvBN, CompactorLayer, ResRepConfig, ResRepResNet,
                            compactor_layers, count_params_macs, resrep_compactor_grad_, resrep_convert,
                            resrep_kept_channels, resrep_model_convert, resrep_resnet, resrep_trained_result,
-                           train_resrep, zero_small_rows)
+                           train_resrep, zero_masked_rows)
 
 slow = pytest.mark.slow  # the trained network: `pytest -m 'not slow'` skips these
 
@@ -282,16 +282,21 @@ def test_mask_selection_per_layer_fraction():
     assert _masks(model) == {n: list(range(z)) for n, z in zip(LAYERS, ZEROED)}
 
 
-def test_zero_small_rows_keeps_one_row():
+def test_zero_masked_rows_zeroes_the_masked_rows_only():
     model = _net(6)
+    layers = compactor_layers(model)
+    layers["stage1.1.conv1"].compactor.set_mask(range(15))
+    layers["head"].compactor.set_mask([2, 9])
     with torch.no_grad():
-        _rows(model, "stage1.1.conv1")[:] *= 1e-7
-        _rows(model, "head")[[2, 9]] *= 1e-7
-    zeroed = zero_small_rows(model, CONVERSION_EPSILON)
-    norms = compactor_layers(model)["stage1.1.conv1"].compactor.row_norms()
-    assert len(zeroed["stage1.1.conv1"]) == 15 and int((norms > 0).sum()) == 1
-    assert zeroed["head"] == [2, 9] and zeroed["stage1.0.conv1"] == []
-    assert float(_rows(model, "head").detach()[[2, 9]].abs().max()) == 0.0
+        _rows(model, "stage2.0.conv1")[4] *= 1e-7  # small but not masked: left alone
+    before = {n: _rows(model, n).detach().clone() for n in LAYERS}
+    zeroed = zero_masked_rows(model)
+    assert zeroed == {n: {"stage1.1.conv1": list(range(15)), "head": [2, 9]}.get(n, []) for n in LAYERS}
+    for n in LAYERS:
+        after, rows = _rows(model, n).detach(), zeroed[n]
+        others = [i for i in range(after.shape[0]) if i not in rows]
+        assert not after[rows].any() and torch.equal(after[others], before[n][others]), n
+    assert float(compactor_layers(model)["stage2.0.conv1"].compactor.row_norms()[4]) > 0
 
 
 def test_short_training_is_deterministic():
@@ -329,9 +334,11 @@ def test_trained_rows(trained):
         norms = layer.compactor.row_norms()
         assert torch.nonzero(norms == 0).flatten().tolist() == trained.masked[name] == trained.zeroed[name]
         assert torch.equal(layer.compactor.mask == 0, norms == 0)
-    # the masked rows reached ~5e-6 before the final zeroing; the kept rows stay far above it
-    assert trained.max_norm_before_zeroing <= CONVERSION_EPSILON < 1e-4 <= trained.min_kept_norm
-    assert 0.60 < trained.flops_ratio < 0.66  # at 16x16
+    # before the zeroing, the masked rows oscillated around 0 with the last steps' amplitude, lr * lambda
+    # (5.1e-6 at step 238): every machine, while which rows and the unmasked norms are the machine's
+    assert 0 < trained.max_masked_norm < CONVERSION_EPSILON and trained.min_kept_norm > 0
+    # deploy MACs at 16x16 after / before pruning 3/8 of every layer: fixed by the counts
+    assert trained.flops_ratio == pytest.approx(0.634718, abs=1e-6)
     assert np.mean(trained.losses[-20:]) < np.mean(trained.losses[:20]) - 0.2  # it learned something
     assert 0 < trained.seconds
 
@@ -373,15 +380,13 @@ def test_trained_deploy_matches(built):
 
 
 @slow
-def test_trained_kept_channels_and_counts(built):
+def test_trained_kept_channels_and_counts(trained, built):
     train, deploy, _ = built
     kept = resrep_kept_channels(train)
     assert [len(kept[n]) for n in LAYERS] == [w - z for w, z in zip(WIDTHS, ZEROED)]  # 10 10 20 20 40 40 80
-    assert resrep_kept_channels(train, CONVERSION_EPSILON) == kept  # nothing between 0 and 1e-5
-    assert resrep_kept_channels(train, 1e-5) == resrep_kept_channels(train, 5e-5)
-    for n, layer in compactor_layers(train).items():
-        norms = layer.compactor.row_norms()
-        assert kept[n] == torch.nonzero(norms > 0).flatten().tolist()
+    for n, layer in compactor_layers(train).items():  # the unmasked rows, all of them nonzero
+        assert kept[n] == [i for i in range(layer.compactor.num_features) if i not in trained.masked[n]]
+        assert kept[n] == torch.nonzero(layer.compactor.row_norms() > 0).flatten().tolist()
     assert [deploy.get_submodule(n).conv.out_channels for n in LAYERS] == [len(kept[n]) for n in LAYERS]
     assert deploy.linear.in_features == 80
 
@@ -415,9 +420,11 @@ def test_official_global_flops_target():
     machine's (float32 rounding in the conv kernels decides close calls)."""
     cfg = dataclasses.replace(ResRepConfig(), flops_target=0.7, layer_prune_fraction=None)
     result = train_resrep(cfg)
+    # a row costs at most 0.27 % of the MACs (stage3.1 at 16x16): by construction the ratio ends within 0.27 %
+    # of the target and at least 111 rows go; which layers lose them is the machine's
     assert 0.69 < result.flops_ratio <= 0.7
     assert result.zeroed == result.masked and sum(map(len, result.zeroed.values())) > 100
-    assert result.max_norm_before_zeroing <= CONVERSION_EPSILON < result.min_kept_norm
+    assert 0 < result.max_masked_norm < CONVERSION_EPSILON
     model = result.model
     randomize_bn_(model, 0)
     deploy = resrep_model_convert(model)
