@@ -611,10 +611,14 @@ def _check(cfg: ResRepConfig, layers: dict[str, CompactorConvBN], cost: dict[str
 
 
 # ---------------------------------------------------------------------------------------------- registry
-@functools.lru_cache(maxsize=4)
 def resrep_trained_result(cfg: ResRepConfig = ResRepConfig()) -> ResRepTrainResult:
     """:func:`train_resrep` with ``cfg``, run once per process and cached in memory (do not modify
     ``.model``: :func:`resrep_resnet_trained` copies it)."""
+    return _trained_result(cfg)  # one cache key per config, however it was passed
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_result(cfg: ResRepConfig) -> ResRepTrainResult:
     return train_resrep(cfg)
 
 
