@@ -313,6 +313,20 @@ def test_short_training_is_deterministic():
     assert a.masked == b.masked and sum(map(len, a.masked.values())) == 2 * 32  # updates at steps 6 and 8
 
 
+def test_strict_training_raises_one_line_errors():
+    """``strict``: the masks must reach their target and every masked row must end under the bound."""
+    short = ResRepConfig(steps=10, before_mask_iters=4, mask_interval=2)  # 2 updates of 32 rows: 64 < 132
+    with pytest.raises(RuntimeError, match=r"the masks \(64 rows\) did not reach their target") as e1:
+        train_resrep(short)
+    quick = dataclasses.replace(short, before_mask_iters=1, mask_interval=1)  # 132 rows by step 6, not small
+    with pytest.raises(RuntimeError, match=r"(\d+) of 132 masked rows have norm > 0.0001 \(largest ") as e2:
+        train_resrep(quick)
+    assert "\n" not in str(e1.value) + str(e2.value) and len(str(e2.value)) < 200
+    result = train_resrep(dataclasses.replace(quick, masked_norm_bound=10.0))  # a bound they meet
+    assert result.zeroed == result.masked and sum(map(len, result.zeroed.values())) == 132
+    assert result.max_masked_norm > 1e-4
+
+
 # ---------------------------------------------------------------------------------------------- trained
 @pytest.fixture(scope="module")
 def trained():
