@@ -3,11 +3,17 @@ compactor merge, pruning of output channels and of the successors' input channel
 mask selection, and the registered trained network ``resrep_resnet``. torch (and onnx for one export) only.
 
 The tests on the trained network are marked slow (the trainer runs ~15 s; the registry caches its result per
-process); the unit tests on untrained networks are not.
+process; the any-CPU test trains 4 more times, 2 of them in subprocesses under other ATEN_CPU_CAPABILITY
+kernel paths); the unit tests on untrained networks are not.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +30,8 @@ from models.resrep import (CONVERSION_EPSILON, CompactorConvBN, CompactorLayer, 
                            train_resrep, zero_masked_rows)
 
 slow = pytest.mark.slow  # the trained network: `pytest -m 'not slow'` skips these
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHAPE = (1, 3, 32, 32)
 LAYERS = ["stage1.0.conv1", "stage1.1.conv1", "stage2.0.conv1", "stage2.1.conv1", "stage3.0.conv1",
@@ -447,3 +455,80 @@ def test_official_global_flops_target():
         _assert_relative(deploy(x), model(x), 1e-5)
     removed = [len(result.zeroed[n]) for n in LAYERS]
     assert count_params_macs(deploy, SHAPE) == _pruned_counts(removed)
+
+
+# ---------------------------------------------------------------------------------------------- any CPU
+#: what a training run (default config) gives, summarized as JSON-able values; run in this process and in
+#: subprocesses (``summary(train_resrep())``), so it is source text
+_SUMMARY = '''
+import torch
+from models.common import randomize_bn_
+from models.resrep import compactor_layers, count_params_macs, resrep_model_convert
+
+
+def summary(result):
+    model = result.model
+    layers = compactor_layers(model)
+    randomize_bn_(model, 0)  # as the registry does
+    deploy = resrep_model_convert(model)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref, y = model(x).double(), deploy(x).double()
+    return dict(
+        capability=torch.backends.cpu.get_cpu_capability(),
+        zeroed_is_masked=result.zeroed == result.masked,
+        zeroed=[len(result.zeroed[n]) for n in layers],
+        zero_rows=[int((l.compactor.row_norms() == 0).sum()) for l in layers.values()],
+        counts=[list(count_params_macs(model)), list(count_params_macs(deploy))],
+        deploy_rel_err=float((y - ref).abs().max() / ref.abs().max()),
+        max_masked_norm=result.max_masked_norm,
+        losses=[sum(result.losses[:20]) / 20, sum(result.losses[-20:]) / 20])
+'''
+
+
+def _assert_reference(s):
+    """What every CPU gives by construction (the rows, weights and losses are the machine's)."""
+    assert s["zeroed_is_masked"] and s["zeroed"] == s["zero_rows"] == ZEROED, s
+    assert s["counts"] == [list(TRAIN_COUNTS), list(PRUNED_COUNTS)], s
+    assert s["deploy_rel_err"] <= 1e-5, s
+    assert 0 < s["max_masked_norm"] < CONVERSION_EPSILON, s  # the trainer's own bound is 1e-4
+    assert s["losses"][1] < s["losses"][0] - 0.2, s
+
+
+@slow
+def test_trainer_gives_the_same_reference_on_any_cpu():
+    """The ResRep trainer gives the same reference with 1 and 2 caller threads (bit for bit: it pins its
+    own) and under ``ATEN_CPU_CAPABILITY=default`` and ``avx2`` (different masked rows and weights, float32
+    being chaotic over 240 steps; the same counts, sizes, exact deploy and bound on the masked rows).
+    The capabilities run in subprocesses (the variable is read when torch loads), two at a time,
+    alongside the in-process runs."""
+    code = _SUMMARY + "from models.resrep import train_resrep\nimport json\nprint(json.dumps(summary(train_resrep())))"
+    procs = {cap: subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env={**os.environ, "ATEN_CPU_CAPABILITY": cap})
+             for cap in ("default", "avx2")}
+    try:
+        ns = {}
+        exec(_SUMMARY, ns)
+        saved, runs = torch.get_num_threads(), {}
+        try:
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                runs[threads] = train_resrep()
+        finally:
+            torch.set_num_threads(saved)
+        a, b = runs[1], runs[2]
+        assert a.losses == b.losses and a.masked == b.masked
+        for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+            assert torch.equal(va, vb), k
+        _assert_reference(ns["summary"](a))
+        outs = {cap: p.communicate(timeout=600) for cap, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.kill()
+    native = torch.backends.cpu.get_cpu_capability()
+    for cap, (out, err) in outs.items():
+        assert procs[cap].returncode == 0, err[-3000:]
+        s = json.loads(out.strip().splitlines()[-1])
+        _assert_reference(s)
+        if cap == "default" or native in ("AVX2", "AVX512"):  # avx2 is only honoured where the CPU has it
+            assert s["capability"] == cap.upper(), s
