@@ -1,8 +1,8 @@
 """ResRep: the trained network's unpruned deploy form vs its pruned forms, in parameters, MACs and latency.
 
-1. train the registry's ResRep network (``models.resrep``; 132 of 352 compactor rows exactly zero);
+1. train the registry's ResRep network (``models.resrep``; its 132 masked compactor rows of 352 set to exactly 0);
 2. export the training form, the authors' deploy form *without* pruning (compactors merged, every
-   channel kept: ``resrep_convert(threshold=None)``) and *with* it (``resrep_convert``), and run
+   channel kept: ``resrep_convert(threshold=None)``) and *with* it (``resrep_model_convert``), and run
    ``onnxrep optimize`` on the training form (merges the compactors, then removes the dead channels);
 3. time onnxruntime on the four (1 thread, interleaved rounds, ``benchmarks/run.py``'s method) and
    (re)write the section "## ResRep pruning" of ``BENCHMARKS.md``.
@@ -59,8 +59,9 @@ def main(argv=None) -> int:
     body = "\n".join([
         timing_stamp(f"python benchmarks/resrep.py --size {args.size}", rounds, SHAPE),
         "",
-        "The ResRep reference network (`models/resrep.py`: 7 compactors, 132 of 352 rows driven to exactly 0 by "
-        "the trainer) in four forms: its training form, the authors' deploy conversion without pruning "
+        "The ResRep reference network (`models/resrep.py`: 7 compactors; the trainer drives its 132 masked rows "
+        "of 352 to ~5e-6, then sets them to exactly 0) in four forms: its training form, the authors' deploy "
+        "conversion without pruning "
         "(compactors merged, every channel kept) and with it, and `onnxrep optimize` on the training form "
         f"(compactors merged, then {removed} dead channels removed exactly; max abs error "
         f"{check.max_abs:.2g} at max|y| {check.outputs[0].ref_max_abs:.2g}).",
