@@ -29,7 +29,7 @@ import onnxruntime as ort  # noqa: E402
 from helpers import git_revision, md_table, text_table, write_section  # noqa: E402
 from models.frameworks.__main__ import PACKAGES, exported, missing  # noqa: E402
 from onnxrep import optimize  # noqa: E402
-from onnxrep.stats import graph_stats  # noqa: E402
+from onnxrep.graph.stats import graph_stats  # noqa: E402
 
 SECTION = "## Other frameworks"
 

@@ -18,7 +18,7 @@ def md_table(header, rows) -> str:
 
 def text_table(header, rows) -> str:
     """An aligned plain-text table with a dashed rule under the header (onnxrep's report formatter)."""
-    from onnxrep.report import text_table as lines
+    from onnxrep.tables import text_table as lines
     return "\n".join(lines([[str(c) for c in header]] + [[str(c) for c in r] for r in rows]))
 
 
@@ -55,7 +55,7 @@ def load_average() -> str:
 def forms_table(forms: dict, latency: dict, base: str, columns) -> tuple[list[str], list[list[str]]]:
     """``(header, rows)``: one row per model form, ``columns`` ``(title, stats -> cell)`` of its
     ``graph_stats``, then its latency and the change against form ``base``."""
-    from onnxrep.stats import graph_stats
+    from onnxrep.graph.stats import graph_stats
     header = ["form", *(title for title, _ in columns), "latency ms median [p10–p90]", f"vs {base}"]
     rows = []
     for name, model in forms.items():

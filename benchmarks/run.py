@@ -44,7 +44,7 @@ import onnxruntime as ort  # noqa: E402
 
 import onnxrep  # noqa: E402
 from helpers import cpu_model, git_revision, load_average, md_table, text_table  # noqa: E402
-from onnxrep.stats import graph_stats  # noqa: E402
+from onnxrep.graph.stats import graph_stats  # noqa: E402
 
 DEFAULT_MODELS = ("repvgg_a0", "repvgg_a0_g4", "acnet_resnet18", "dbb_resnet18", "mobileone_s0", "fastvit_t8",
                   "repvit_m0_9", "repghost_0_5", "replknet_tiny", "yolov6_repconv", "yolov10n", "yolov7_implicit")

@@ -170,7 +170,7 @@ def _list_rules(args) -> int:
     """``onnxrep rules``: the default rules, the opt-in ones (with their flag), the --rules-from ones."""
     from .optimizer import RuleSetError, resolve_rules
     from .pipeline import RulesFileError, load_rules_from
-    from .report import text_table
+    from .tables import text_table
     from .rules import opt_in_rules
 
     try:
@@ -198,9 +198,10 @@ def _run(args) -> int:
     from .graph.io import first_line
     from .optimizer import RuleSetError, resolve_rules
     from .pipeline import RulesFileError, VerificationFailed, load_rules_from, optimize_file
-    from .report import format_report, text_table
-    from .inputs import check_input_shapes
-    from .verification import VerifyError, format_result, parse_input_shapes, verify
+    from .summary import format_report
+    from .tables import text_table
+    from .verification.inputs import check_input_shapes
+    from .verification.compare import VerifyError, format_result, parse_input_shapes, verify
 
     if args.command == "rules":
         return _list_rules(args)

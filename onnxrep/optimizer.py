@@ -12,7 +12,7 @@ from .graph.foreign import describe, foreign_ops
 from .graph.convert import default_opset, export, import_graph, overridable_initializers, subgraphs
 from .report import Report, RuleRecord
 from .rule import Rule, RuleError
-from .stats import graph_stats
+from .graph.stats import graph_stats
 
 #: the report's row for nodes removed because nothing reads their outputs any more
 CLEANUP = "cleanup (unused nodes)"

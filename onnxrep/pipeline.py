@@ -13,7 +13,7 @@ from .graph.io import InputError, OutputError, PendingOutput, first_line, load_m
 from .optimizer import optimize
 from .report import Report
 from .rule import Pass, PatternRule, Rule, RuleError
-from .verification import VerifyError, verify
+from .verification.compare import VerifyError, verify
 
 
 class VerificationFailed(Exception):
@@ -35,8 +35,8 @@ def _failure_message(result, culprit: dict | None) -> str:
 
 
 def _culprit(src, report: Report, rules, include_defaults: bool, max_sweeps: int, progress, verify_args) -> dict | None:
-    """Bisect the run's edits for the one that broke verification (see ``onnxrep.culprit``)."""
-    from .culprit import find_culprit
+    """Bisect the run's edits for the one that broke verification (see ``onnxrep.verification.culprit``)."""
+    from .verification.culprit import find_culprit
 
     model, _ = load_model(src, check=False)
     try:
@@ -86,10 +86,10 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
 
     With ``check_result`` the optimized model is run against ``src`` in onnxruntime first
     (tolerance by precision unless ``rtol`` / ``atol``); above tolerance the edit that broke it is
-    found (``onnxrep.culprit``), ``VerificationFailed`` names it, and nothing is written.
+    found (``onnxrep.verification.culprit``), ``VerificationFailed`` names it, and nothing is written.
     ``equalize``: cross-layer equalization, kept only where the measured W8A8 error does not grow
-    (``onnxrep.equalization``); ``int8_report``: measure the W8A8 error of the result. Both quantize
-    on ``calibration`` (an .npz, ``onnxrep.int8.calibration_inputs``) or seeded random inputs.
+    (``onnxrep.int8.equalization``); ``int8_report``: measure the W8A8 error of the result. Both quantize
+    on ``calibration`` (an .npz, ``onnxrep.int8.measure.calibration_inputs``) or seeded random inputs.
     """
     if dest is not None and same_file(src, dest):
         raise OutputError(f"{dest}: output path is the input path (choose another output file)")
@@ -101,8 +101,8 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
     del model
     gc.collect()  # the rewritten gs graph is cyclic garbage that still reads the input's weights: free both now
     if equalize or int8_report:
-        from .equalization import equalize_measured, measured
-        from .int8 import calibration_inputs
+        from .int8.equalization import equalize_measured, measured
+        from .int8.measure import calibration_inputs
         if progress:
             progress("measuring INT8 (onnxruntime quantization)")
         cal = calibration_inputs(optimized, path=calibration, seed=seed, input_shapes=input_shapes)

@@ -1,12 +1,27 @@
-"""What an optimization did: one record per rule, its declines and merged convs, and the summary table."""
+"""What an optimization did, as data: the model sizes before and after, one record per rule with its declines,
+merged convs and removed channels, and the run's ``Report`` (``onnxrep.summary`` prints it).
+
+Nothing here imports the rest of onnxrep: the graph layer and the rules write these records."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
 
 import numpy as np
 
-from .stats import GraphStats
+
+@dataclass
+class GraphStats:
+    nodes: int
+    convs: int
+    params: int
+    ops: dict[str, int] = field(default_factory=dict)
+    #: multiply-accumulates per inference (``onnxrep.cost`` convention) and how many nodes with
+    #: MACs had shapes that inference could not give (counted as 0)
+    macs: int = 0
+    macs_unknown: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -98,7 +113,7 @@ class Report:
     edits: list[tuple[str, str]] = field(default_factory=list, repr=False)
     #: the edit that broke verification, when it failed: ``{"rule", "node", "edit", "edits"}``
     culprit: dict | None = None
-    #: ``--equalize`` / ``--int8-report``: the measured W8A8 errors (``onnxrep.equalization.Int8Report``)
+    #: ``--equalize`` / ``--int8-report``: the measured W8A8 errors (``onnxrep.int8.equalization.Int8Report``)
     int8: object | None = None
     #: the rules that still edited the graph in the last sweep when ``max_sweeps`` stopped the run
     still_rewriting: list[str] = field(default_factory=list)
@@ -125,91 +140,3 @@ class Report:
             "merged_convs": [asdict(c) for c in self.merged_convs],
             "culprit": self.culprit,
         }
-
-
-# --------------------------------------------------------------------------- text
-
-def text_table(rows: list[list[str]], right: Iterable[int] = ()) -> list[str]:
-    """Rows as aligned text lines; the first row is the header, underlined; ``right``: right-aligned columns."""
-    right = set(right)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for k, r in enumerate(rows):
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        out.append("  ".join(cells).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
-
-
-def _delta(a: int, b: int) -> str:
-    return "" if a == 0 else f"{(b - a) / a * 100:+.1f}%"
-
-
-def format_report(report: Report, src: str = "", dest: str | None = None, explain: bool = False) -> str:
-    from .verification import format_result
-
-    lines = [f"onnxrep: {src}{f' -> {dest}' if dest else ' (dry run)'}  "
-             f"(opset {report.opset}, {report.sweeps} sweep(s), {report.seconds:.2f} s)", ""]
-    b, a = report.before, report.after
-    lines += text_table([["", "before", "after", "change"],
-                         ["nodes", f"{b.nodes:,}", f"{a.nodes:,}", _delta(b.nodes, a.nodes)],
-                         ["Conv", f"{b.convs:,}", f"{a.convs:,}", _delta(b.convs, a.convs)],
-                         ["parameters", f"{b.params:,}", f"{a.params:,}", _delta(b.params, a.params)],
-                         ["MACs", f"{b.macs:,}", f"{a.macs:,}", _delta(b.macs, a.macs)]], right={1, 2, 3})
-    if b.macs_unknown or a.macs_unknown:
-        lines.append(f"(MACs leave out {max(b.macs_unknown, a.macs_unknown)} node(s) whose shapes are unknown)")
-    lines.append("")
-    rows = [["rule", "rewrites", "nodes removed", "declined"]]
-    for r in report.rules:
-        rows.append([r.name, str(r.rewrites), str(r.nodes_removed), "skipped" if r.skipped else str(len(r.declines))])
-    lines += text_table(rows, right={1, 2, 3})
-    if explain:
-        declines = report.declines()
-        lines.append("")
-        if declines:
-            lines.append("declined candidates:")
-            lines += ["  " + line for line in text_table([["rule", "node", "reason"]] +
-                                                         [[d.rule, d.node, _reason(d)] for d in declines])]
-        else:
-            lines.append("declined candidates: none")
-    if report.merged_convs:
-        worst = max(report.merged_convs, key=lambda c: c.outlier_ratio)
-        lines += ["", f"merged convs: {len(report.merged_convs)}; widest per-channel weight range: "
-                      f"max/median channel |w| = {worst.outlier_ratio:.1f} in '{worst.conv}'"
-                      + ("  (consider per-channel INT8 quantization)" if worst.outlier_ratio > 10 else "")]
-    for r in report.rules:
-        if r.channels:
-            what = ("rows pruned (not exact: the model changed)" if r.name == "prune-compactor-rows"
-                    else "dead channels removed")
-            removed = sum(c.before - c.after for c in r.channels)
-            lines += ["", f"{what}: {removed} in {len(r.channels)} layer(s): "
-                          + ", ".join(f"'{c.node}' {c.before}->{c.after}" for c in r.channels[:12])
-                          + (f", ... ({len(r.channels) - 12} more)" if len(r.channels) > 12 else "")]
-    for r in report.rules:
-        for node, why in r.fired[:8]:
-            lines.append(f"{r.name} at '{node}': {why}")
-        if len(r.fired) > 8:
-            lines.append(f"{r.name}: ... ({len(r.fired) - 8} more)")
-    for r in report.rules:
-        if r.skipped:
-            lines.append(f"note: rule '{r.name}' skipped: {r.skipped}")
-    lines += [f"note: {note}" for note in report.notes]
-    if report.int8 is not None:
-        from .int8 import format_int8
-        lines += ["", "INT8 (onnxruntime static quantization, QDQ W8A8 symmetric, MinMax; error against the float model)",
-                  format_int8(report.int8.rows)]
-        if report.int8.note:
-            lines.append(report.int8.note)
-    if report.verification is not None:
-        v = report.verification
-        shapes = ", ".join(f"{k}:{'x'.join(map(str, s))}" for k, s in v.input_shapes.items())
-        lines += ["", f"verification (onnxruntime, seed {v.seed}, inputs {shapes})", format_result(v)]
-    if report.culprit:
-        c = report.culprit
-        lines.append(f"the first failing edit: rule '{c['rule']}' at node '{c['node']}' (edit {c['edit']} of {c['edits']})")
-    return "\n".join(lines)
-
-
-def _reason(d: Decline) -> str:
-    return d.reason if d.kind == "check" else f"[{d.kind}] {d.reason}"

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxrep import cli
-from onnxrep.stats import graph_stats
+from onnxrep.graph.stats import graph_stats
 
 C = 8
 

@@ -6,7 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxrep.algebra import AffineForm, ConvForm, compose, conv_then_affine
-from onnxrep.cost import PIN_OTHER, Cost, conv_cost, model_macs, op_macs
+from onnxrep.cost import PIN_OTHER, Cost, conv_cost, op_macs
+from onnxrep.graph.stats import model_macs
 
 
 def test_conv_macs_are_output_elements_times_reduction():

@@ -176,7 +176,7 @@ def test_dynamic_sizes_follow_the_tensor_not_the_constant():
     import onnx_graphsurgeon as gs
     from onnxrep.cost import Poly, SpatialSize
     from onnxrep.graph import GraphContext
-    from onnxrep.rules.region_costs import RegionCosts
+    from onnxrep.rules.regions.costs import RegionCosts
 
     g = GraphBuilder(10)
     t = g.node("Mul", [g.init(np.ones((2, 1, 1), np.float32)), X])

@@ -1,4 +1,4 @@
-"""A failing verification names the rule and node of the first failing edit (onnxrep.culprit)."""
+"""A failing verification names the rule and node of the first failing edit (onnxrep.verification.culprit)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxrep
 from onnxrep import cli
-from onnxrep.culprit import find_culprit
+from onnxrep.verification.culprit import find_culprit
 
 #: a user rule that is wrong at one node only: Relu(x) => x where x feeds a node named 'relu_b'
 WRONG_RULE = textwrap.dedent('''

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from models.export import export_pair  # noqa: E402
 from models.plugins import add_efficient_nms, custom_op_between_blocks  # noqa: E402
 from onnxrep import cli  # noqa: E402
-from onnxrep.stats import graph_stats  # noqa: E402
+from onnxrep.graph.stats import graph_stats  # noqa: E402
 
 pytestmark = pytest.mark.slow  # torch exports of whole networks
 

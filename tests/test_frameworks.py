@@ -34,7 +34,7 @@ from filelock import FileLock
 
 from models.frameworks.__main__ import PACKAGES as FRAMEWORKS, exported, missing
 from onnxrep import optimize, verify
-from onnxrep.stats import graph_stats
+from onnxrep.graph.stats import graph_stats
 
 NETWORKS = ("repvgg", "acnet")
 OPSETS = (13, 17)

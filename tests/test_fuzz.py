@@ -310,7 +310,7 @@ def test_regression_float16_weight_rounding_amplified():
     noise term. The first failing edit is found by bisection."""
     from pathlib import Path
 
-    from onnxrep.culprit import find_culprit
+    from onnxrep.verification.culprit import find_culprit
     from onnxrep.verification import make_inputs
 
     model = onnx.load(str(Path(__file__).parent / "fuzz" / "regressions" / "fp16_weight_rounding_amplified.onnx"))

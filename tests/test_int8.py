@@ -1,4 +1,4 @@
-"""The measured W8A8 INT8 report (onnxrep.int8): onnxruntime's static quantizer, per-tensor and
+"""The measured W8A8 INT8 report (onnxrep.int8.measure): onnxruntime's static quantizer, per-tensor and
 per-channel weights, errors against the float model, calibration samples, the text table."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxrep.graph.io import InputError
-from onnxrep.inputs import make_inputs
-from onnxrep.int8 import Int8Error, calibration_inputs, format_int8, int8_errors
+from onnxrep.verification.inputs import make_inputs
+from onnxrep.int8.measure import Int8Error, calibration_inputs, format_int8, int8_errors
 
 
 def _model(nodes, inits, x_shape=(1, 4, 8, 8), opset=17) -> onnx.ModelProto:

@@ -15,8 +15,8 @@ from onnx.external_data_helper import uses_external_data
 import onnxrep
 import onnxrep.graph.io as io
 import onnxrep.graph.convert as convert
-import onnxrep.runtime as runtime
-import onnxrep.verification as verification
+import onnxrep.verification.sessions as runtime
+import onnxrep.verification.compare as verification
 from onnxrep import cli
 
 C, HW = 8, 8

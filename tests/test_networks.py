@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from models.export import export_pair  # noqa: E402
 from onnxrep import optimize, verify  # noqa: E402
-from onnxrep.stats import graph_stats  # noqa: E402
+from onnxrep.graph.stats import graph_stats  # noqa: E402
 
 pytestmark = pytest.mark.slow  # whole networks: `pytest -m 'not slow'` skips them
 

@@ -1,4 +1,4 @@
-"""Tolerance by precision (onnxrep.precision) and its use in verify()."""
+"""Tolerance by precision (onnxrep.verification.precision) and its use in verify()."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 from onnxrep import verify
-from onnxrep.precision import Precision, output_precisions, widened
+from onnxrep.verification.precision import Precision, output_precisions, widened
 
 
 def _model(dtype=T.FLOAT16, cast_to=None, scale=1.0):

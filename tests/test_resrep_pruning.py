@@ -12,7 +12,7 @@ from models.export import export_onnx  # noqa: E402
 from models.resrep import (CONVERSION_EPSILON, ResRepConfig, compactor_layers, count_params_macs,  # noqa: E402
                            resrep_convert, resrep_kept_channels, train_resrep)
 from onnxrep import cli  # noqa: E402
-from onnxrep.stats import graph_stats  # noqa: E402
+from onnxrep.graph.stats import graph_stats  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains the network (~15 s)
 

@@ -1,4 +1,4 @@
-"""Loading and verifying models with ops onnxruntime cannot run (onnxrep.runnable, graph.foreign)."""
+"""Loading and verifying models with ops onnxruntime cannot run (onnxrep.verification.runnable, graph.foreign)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 from onnxrep import verify
 from onnxrep.graph.foreign import foreign_ops, unregistered_nodes
 from onnxrep.graph.io import InputError, load_model
-from onnxrep.runnable import cut, plan, refused_nodes, statically_blocked
+from onnxrep.verification.runnable import cut, plan, refused_nodes, statically_blocked
 from onnxrep.verification import VerifyError
 
 V = lambda name: helper.make_tensor_value_info(name, T.FLOAT, [1, 4, 6, 6])  # noqa: E731

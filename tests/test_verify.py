@@ -14,9 +14,9 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import onnxrep.graph.io as io
-import onnxrep.runtime as runtime
-import onnxrep.verification as V
-from onnxrep.inputs import InputShapeError
+import onnxrep.verification.sessions as runtime
+import onnxrep.verification.compare as V
+from onnxrep.verification.inputs import InputShapeError
 from onnxrep.verification import (
     OutputDiff,
     VerifyError,

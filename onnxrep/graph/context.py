@@ -48,7 +48,7 @@ def all_names(graph: gs.Graph) -> set[str]:
 class EditLog:
     """Every edit of one optimization run, in order: ``(rule, node)``; with ``limit``, edits past
     the first ``limit`` are refused (the graph stays as it is), which is how a failing run is
-    bisected down to the one edit that broke it (``onnxrep.culprit``)."""
+    bisected down to the one edit that broke it (``onnxrep.verification.culprit``)."""
 
     def __init__(self, limit: int | None = None):
         self.limit = limit

@@ -47,7 +47,7 @@ def save_with_external_data(model: onnx.ModelProto, path: str | os.PathLike, dat
 
 def proto_size(model: onnx.ModelProto) -> int:
     """The model's size estimated from its tensors' dims (never serializes it)."""
-    from ..stats import estimated_size
+    from .stats import estimated_size
     return estimated_size(model)
 
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..pattern import op, var
 from ..rule import PatternRule
-from .linear_ops import has_bias
-from .views import sample_shape
+from .ops.linear import has_bias
+from .ops.views import sample_shape
 
 #: producers that absorb a BN on their output channels (the collapse, fold-bn-into-gemm)
 _ABSORBERS = ("Conv", "Gemm", "MatMul")

@@ -30,7 +30,7 @@ from ..algebra import NotRepresentable
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..graph.io import first_line
 from ..rule import Pass
-from .linear_ops import bn_form, constant_affine, conv_form, inside_mask, spatial_pads
+from .ops.linear import bn_form, constant_affine, conv_form, inside_mask, spatial_pads
 
 #: ops whose output elements are copies of input elements or of constants (scatters only
 #: without a ``reduction``: ``max``/``min``/``add``/``mul`` compute on the data)
@@ -220,7 +220,8 @@ class CanonicalizeBorderFill(Pass):
         return {id(c[0]): proven[id(c[0])][1] for c in candidates if id(c[0]) in proven}
 
     def _probe(self, ctx: GraphContext, pairs):
-        from ..verification import make_inputs, run
+        from ..verification.inputs import make_inputs
+        from ..verification.sessions import run
         g = ctx.graph
         saved = list(g.outputs)
         wanted = {}
@@ -249,7 +250,7 @@ def write_fill(b: Builder, y: gs.Tensor, pads, v: np.ndarray, out: gs.Tensor) ->
     in any precision: every element is a copy of ``y`` or of ``v``.
 
     ``Pad(y, pads, v)`` when ``v`` is one value; else ``Where(inside, Pad(y, pads, 0), v)``, whose
-    mask is ``True`` exactly where ``Pad`` put ``y`` (``linear_ops.border_write`` reads it back).
+    mask is ``True`` exactly where ``Pad`` put ``y`` (``ops.linear.border_write`` reads it back).
     """
     n = len(y.shape) - 2
     full_pads = b.const("pads", np.asarray([0, 0] + list(pads[:n]) + [0, 0] + list(pads[n:]), np.int64))

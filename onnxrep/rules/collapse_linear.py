@@ -21,7 +21,7 @@ tensor from its producer:
 **Exact is not enough.** A merge can cost more than its parts (a depthwise KxK and a 1x1
 expansion are one *dense* KxK conv), and whether a merge pays can depend on what comes later
 (DBB's 1x1 -> AvgPool branch is a dense KxK on its own, but free once summed into the KxK
-branch). So each tensor keeps several *plans* (``region_plans``): the region merged from its
+branch). So each tensor keeps several *plans* (``regions.plans``): the region merged from its
 root, and, at every op, the *cut* (the operand's region written on its own, this op starting
 a new segment); at a sum, also the Add kept with both branches written apart. The cost model
 (``onnxrep.cost``: MACs, then parameters, then nodes, at the spatial sizes the graph states)
@@ -44,12 +44,12 @@ from ..algebra import AffineForm, NotRepresentable, avgpool, pad_pointwise
 from ..cost import ZERO
 from ..graph import GraphContext, is_onnx_op
 from ..rule import Pass
-from .linear_ops import (activation_scale, avgpool_params, bn_form, border_write, constant_affine, conv_form,
+from .ops.linear import (activation_scale, avgpool_params, bn_form, border_write, constant_affine, conv_form,
                          spatial_crop, spatial_pads, static_spatial)
-from .region_costs import RegionCosts
-from .region_plans import (Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
-                           precision_rtol, prune, then)
-from .region_write import write_segment
+from .regions.costs import RegionCosts
+from .regions.plans import (Plan, Region, affine_after_terms, as_conv, channels_of, combine, leaf, negated,
+                            precision_rtol, prune, then)
+from .regions.write import write_segment
 
 
 class CollapseLinearRegions(Pass):

@@ -18,8 +18,8 @@ from ..algebra import NotRepresentable, cast_back
 from ..algebra.crop import crop_dead_taps
 from ..graph import Builder, GraphContext
 from ..rule import Pass
-from .linear_ops import conv_form
-from .views import sample_shape
+from .ops.linear import conv_form
+from .ops.views import sample_shape
 
 
 class CropDeadTaps(Pass):

@@ -29,9 +29,9 @@ from ..algebra import channels as ch
 from ..graph import Builder, GraphContext
 from ..report import ChannelCut
 from ..rule import Pass
-from .channel_slots import channels, is_depthwise, pads, slice_channels, width
-from .dead_values import Component, DeadChannels
-from .linear_ops import constant_affine, gemm_attrs
+from .channels.slots import channels, is_depthwise, pads, slice_channels, width
+from .channels.values import Component, DeadChannels
+from .ops.linear import constant_affine, gemm_attrs
 
 
 class EliminateDeadChannels(Pass):

@@ -31,7 +31,7 @@ from ..algebra.equalize import (equalizing_scales, input_ranges, output_ranges, 
                                 scale_outputs, spread)
 from ..graph import Builder, GraphContext
 from ..rule import Pass
-from .linear_ops import gemm_attrs, has_bias
+from .ops.linear import gemm_attrs, has_bias
 
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "Pad")
 MAX_ROUNDS = 500

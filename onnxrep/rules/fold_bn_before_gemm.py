@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..algebra import affine_then_gemm, cast_back
 from ..pattern import const, op, var
 from ..rule import PatternRule
-from .linear_ops import bn_form, gemm_attrs
+from .ops.linear import bn_form, gemm_attrs
 
 
 class FoldBatchNormBeforeGemm(PatternRule):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..algebra import cast_back, gemm_then_affine
 from ..pattern import const, op, var
 from ..rule import PatternRule
-from .linear_ops import bn_form, gemm_attrs
+from .ops.linear import bn_form, gemm_attrs
 
 
 class FoldBatchNormIntoGemm(PatternRule):

@@ -35,8 +35,8 @@ from ..cost import Cost, conv_cost
 from ..graph import Builder, GraphContext, is_onnx_op
 from ..report import MergedConv
 from ..rule import Pass
-from .linear_ops import bn_form, conv_form, gemm_attrs, has_bias
-from .views import sample_shape, view_source
+from .ops.linear import bn_form, conv_form, gemm_attrs, has_bias
+from .ops.views import sample_shape, view_source
 
 
 _FC_OPS = ("Conv", "Gemm", "MatMul")

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..graph import Builder, GraphContext
 from ..rule import Pass
-from .views import is_view
+from .ops.views import is_view
 
 
 class MergeReshapes(Pass):

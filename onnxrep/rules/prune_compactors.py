@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from ..graph import Builder, GraphContext
 from ..report import ChannelCut
 from ..rule import Pass
-from .linear_ops import conv_form
+from .ops.linear import conv_form
 
 
 def compactor_rows(weight: np.ndarray, threshold: float) -> list[int]:

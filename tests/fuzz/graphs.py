@@ -1359,7 +1359,7 @@ def model_to_script(model: onnx.ModelProto) -> str:
 # --------------------------------------------------------------------------- the property
 #: the float16 acceptance bound of issue 8 (a statistic of the long run, not a failure): max abs error
 #: <= FLOAT16_BOUND * max(1, max|y|). Verification itself uses onnxrep's tolerance by precision
-#: (onnxrep.precision: float32 1e-4 / 1e-5; float16 2.5e-3 / 2.5e-3 plus twice how far the original
+#: (onnxrep.verification.precision: float32 1e-4 / 1e-5; float16 2.5e-3 / 2.5e-3 plus twice how far the original
 #: moves under float16 rounding of its activations or of its weights)
 FLOAT16_BOUND = 5e-3
 

@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .graph.dtypes import FLOAT_TYPES, INT_TYPES
-from .graph.io import first_line
+from ..graph.dtypes import FLOAT_TYPES, INT_TYPES
+from ..graph.io import first_line
 
 ModelLike = Union[onnx.ModelProto, str, "os.PathLike[str]"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import SizeDependentPads, cast_back
-from ..graph import Builder, GraphContext
-from ..report import MergedConv
-from .region_costs import RegionCosts
-from .region_plans import Plan
+from ...algebra import SizeDependentPads, cast_back
+from ...graph import Builder, GraphContext
+from ...report import MergedConv
+from .costs import RegionCosts
+from .plans import Plan
 
 
 def write_segment(ctx: GraphContext, costs: RegionCosts, plan: Plan, sink: gs.Tensor) -> None:

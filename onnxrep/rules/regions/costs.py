@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import ConvForm, NotRepresentable
-from ..cost import ZERO, Cost, Poly, SpatialSize, conv_cost
-from ..graph import GraphContext, is_onnx_op
-from .linear_ops import spatial_crop, spatial_pads
-from .region_plans import ADD_NODE, Plan, Region, as_conv, channels_of, writable
+from ...algebra import ConvForm, NotRepresentable
+from ...cost import ZERO, Cost, Poly, SpatialSize, conv_cost
+from ...graph import GraphContext, is_onnx_op
+from ..ops.linear import spatial_crop, spatial_pads
+from .plans import ADD_NODE, Plan, Region, as_conv, channels_of, writable
 
 
 #: ops whose output has the size of their first input (elementwise on it); ``Where`` of its one

@@ -11,8 +11,8 @@ from typing import Callable, Iterable
 
 import onnx
 
-from .optimizer import optimize
-from .rule import Rule
+from ..optimizer import optimize
+from ..rule import Rule
 
 
 def find_culprit(model: onnx.ModelProto, edits: list[tuple[str, str]], passes: Callable[[onnx.ModelProto], bool],

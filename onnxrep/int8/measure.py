@@ -24,7 +24,7 @@ sample ``i`` feeds ``array[i]``. Every input needs an array, every array needs a
 have the same ``S >= 1``, the static dims of the model (and ``input_shapes`` when given) must
 match, and an array must be of the input's kind (float for a float input, integer for an integer
 one, bool for bool); it is cast to the input's dtype. Without a file: ``count`` samples from
-:func:`onnxrep.inputs.make_inputs` with seeds ``seed, seed + 1, ...``.
+:func:`onnxrep.verification.inputs.make_inputs` with seeds ``seed, seed + 1, ...``.
 
 Every problem is a one-line :class:`onnxrep.graph.io.InputError`.
 """
@@ -41,12 +41,12 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .graph import io
-from .graph.dtypes import FLOAT_TYPES, INT_TYPES
-from .graph.io import InputError, first_line
-from .inputs import VerifyError, make_inputs, real_inputs
-from .report import text_table
-from .runtime import run
+from ..graph import io
+from ..graph.dtypes import FLOAT_TYPES, INT_TYPES
+from ..graph.io import InputError, first_line
+from ..verification.inputs import VerifyError, make_inputs, real_inputs
+from ..tables import text_table
+from ..verification.sessions import run
 
 __all__ = ["Int8Error", "SCHEMES", "calibration_inputs", "format_int8", "int8_errors"]
 
@@ -155,7 +155,7 @@ def calibration_inputs(model: onnx.ModelProto, *, path: str | None = None, count
                        input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[dict[str, np.ndarray]]:
     """Calibration samples, ``{input name: array}`` each: read from the ``.npz`` file ``path``
     (arrays of shape ``(S, *input_shape)``, sample ``i`` = ``array[i]``; module doc), else ``count``
-    seeded random samples from :func:`onnxrep.inputs.make_inputs` with seeds ``seed, seed + 1, ...``
+    seeded random samples from :func:`onnxrep.verification.inputs.make_inputs` with seeds ``seed, seed + 1, ...``
     (``input_shapes`` fixes dynamic dims as for verification). One-line InputError on a bad file."""
     if path is not None:
         return _npz_samples(model, os.fspath(path), input_shapes)
@@ -173,8 +173,8 @@ def _check_quantizable(model: onnx.ModelProto) -> None:
     no op onnxruntime does not know."""
     if io.has_external_data(model) or io.proto_size(model) > io.PROTOBUF_LIMIT:
         raise InputError("--int8 needs a model under 2 GB (without external data)")
-    from .graph.foreign import describe
-    from .runnable import statically_blocked
+    from ..graph.foreign import describe
+    from ..verification.runnable import statically_blocked
     blocked = statically_blocked(model)
     if blocked:
         from collections import Counter

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import AffineForm, ConvForm, NotRepresentable, SizeDependentPads, bn_affine, channel_constant
-from ..algebra.geometry import same_pads
-from ..graph import GraphContext, is_onnx_op
+from ...algebra import AffineForm, ConvForm, NotRepresentable, SizeDependentPads, bn_affine, channel_constant
+from ...algebra.geometry import same_pads
+from ...graph import GraphContext, is_onnx_op
 
 
 def conv_form(ctx: GraphContext, node: gs.Node) -> ConvForm:

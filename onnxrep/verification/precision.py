@@ -41,9 +41,9 @@ import onnx
 from onnx import TensorProto as T
 from onnx import numpy_helper
 
-from .graph.dtypes import FLOAT_TYPES
-from .graph.shapes import inferred_shapes
-from .graph.walk import bodies, outer_reads
+from ..graph.dtypes import FLOAT_TYPES
+from ..graph.shapes import inferred_shapes
+from ..graph.walk import bodies, outer_reads
 
 FLOAT8_TYPES = frozenset({T.FLOAT8E4M3FN, T.FLOAT8E4M3FNUZ, T.FLOAT8E5M2, T.FLOAT8E5M2FNUZ})
 #: types whose rounding is measured against a float32 evaluation of the reference

@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 from onnx import defs, helper
 
-from .graph.convert import default_opset
-from .graph.foreign import ONNX_DOMAINS
-from .graph.shapes import inferred_shapes
-from .graph.walk import inner_nodes, outer_reads
+from ..graph.convert import default_opset
+from ..graph.foreign import ONNX_DOMAINS
+from ..graph.shapes import inferred_shapes
+from ..graph.walk import inner_nodes, outer_reads
 from .inputs import VerifyError
-from .runtime import run
+from .sessions import run
 
 #: a node onnxruntime refuses, as its messages name it
 _NODE_NAMED = [re.compile(r"node with name '([^']*)'"), re.compile(r'In Node, \("([^"]*)", (\w+)'),

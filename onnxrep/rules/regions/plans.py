@@ -21,9 +21,9 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import (AffineForm, ConvForm, NotRepresentable, SizeDependentPads, add, affine_as_conv, affine_sum,
-                       affine_then_affine, affine_then_conv, compose, conv_then_affine, overflow, precision_loss)
-from ..cost import ZERO, Cost
+from ...algebra import (AffineForm, ConvForm, NotRepresentable, SizeDependentPads, add, affine_as_conv, affine_sum,
+                        affine_then_affine, affine_then_conv, compose, conv_then_affine, overflow, precision_loss)
+from ...cost import ZERO, Cost
 
 #: plans kept per region at most (the merged one, the cheapest others, and one that writes nothing)
 MAX_PLANS = 6

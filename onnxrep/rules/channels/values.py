@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import NotRepresentable
-from ..algebra import channels as ch
-from ..graph import GraphContext, is_onnx_op
-from ..graph.convert import subgraphs
-from .channel_slots import (ACTIVATIONS, BINARY, POOLS, REDUCES, channels, clip_bounds, concat_offsets,
-                            flatten_block, is_depthwise, pads, same_shape, slice_channels, spatial_reduce,
-                            split_offsets)
-from .linear_ops import avgpool_params, bn_form, constant_affine, gemm_attrs
+from ...algebra import NotRepresentable
+from ...algebra import channels as ch
+from ...graph import GraphContext, is_onnx_op
+from ...graph.convert import subgraphs
+from .slots import (ACTIVATIONS, BINARY, POOLS, REDUCES, channels, clip_bounds, concat_offsets, flatten_block,
+                    is_depthwise, pads, same_shape, slice_channels, spatial_reduce, split_offsets)
+from ..ops.linear import avgpool_params, bn_form, constant_affine, gemm_attrs
 
 
 class Component:

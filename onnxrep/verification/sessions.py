@@ -16,10 +16,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from onnx.external_data_helper import uses_external_data
 
-from .graph import io
-from .graph.io import first_line
+from ..graph import io
+from ..graph.io import first_line
 from .inputs import ModelLike, VerifyError
-from .stats import estimated_size
+from ..graph.stats import estimated_size
 
 
 def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:

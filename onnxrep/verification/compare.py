@@ -2,7 +2,7 @@
 
 Both models are run with onnxruntime (CPUExecutionProvider, all graph optimisations disabled so
 that each model's *own* arithmetic is measured, not ORT's fusions) on the same seeded random
-inputs (``onnxrep.inputs``), and every output is compared.
+inputs (``verification.inputs``), and every output is compared.
 
 Comparison (:func:`verify`)
 ---------------------------
@@ -14,13 +14,13 @@ make ``max_abs`` infinite; positions where both sides hold the same non-finite
 value count as equal.  An output passes when
 ``max_abs <= rtol * ref_max_abs + atol + 2 * noise``, where ``ref_max_abs`` is the largest
 finite ``|ref|``; ``rtol``, ``atol`` and ``noise`` follow the precision on the output's path
-(``onnxrep.precision``) unless the caller gives ``rtol`` / ``atol``.
+(``verification.precision``) unless the caller gives ``rtol`` / ``atol``.
 
 Partial verification
 --------------------
 When onnxruntime cannot run the reference (a TensorRT plugin, a custom op), the tensors feeding
 the ops it cannot run and the outputs that do not depend on them are compared instead
-(``onnxrep.runnable``); the result lists what could not be verified.
+(``verification.runnable``); the result lists what could not be verified.
 """
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ import numpy as np
 import onnx
 
 from . import precision, runnable
-from .graph.io import first_line
+from ..graph.io import first_line
 from .inputs import ModelLike, VerifyError, load_graph_only, make_inputs, parse_input_shapes, real_inputs
-from .report import text_table
-from .runtime import run
+from ..tables import text_table
+from .sessions import run
 
 __all__ = ["OutputDiff", "VerifyError", "VerifyResult", "format_result", "make_inputs", "parse_input_shapes",
            "run", "verify"]
@@ -226,7 +226,7 @@ def _load_full(model: ModelLike) -> onnx.ModelProto:
 
 def _noise(reference: onnx.ModelProto, inputs: Mapping[str, Any], ref_out: Mapping[str, np.ndarray],
            names: list[str], seed: int) -> dict[str, float]:
-    """Per output, how far the reference moves under float16 rounding (``onnxrep.precision``): the
+    """Per output, how far the reference moves under float16 rounding (``verification.precision``): the
     larger of its distance to its float32 evaluation and, in float32, its distance to itself with
     every weight rounded once more; {} when the widened model cannot run."""
     feeds = precision.widened_inputs(dict(inputs))
@@ -259,7 +259,7 @@ def verify(
     The candidate is fed only the inputs it declares (it may have dropped an
     unused one) and must not need inputs the reference lacks.  Outputs are
     matched by name; differing output names or output shapes raise
-    VerifyError.  Tolerances follow each output's precision (``onnxrep.precision``) unless
+    VerifyError.  Tolerances follow each output's precision (``verification.precision``) unless
     ``rtol`` / ``atol`` are given.  When onnxruntime cannot run the reference, the part it can
     run is compared (module doc); VerifyError when nothing can.
     """

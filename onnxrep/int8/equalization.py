@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .int8 import Int8Error, int8_errors
+from .measure import Int8Error, int8_errors
 
 STRENGTHS = (1.0, 0.5)
 
@@ -37,8 +37,8 @@ def measured(model: onnx.ModelProto, calibration: list[dict], label: str = "opti
 
 def equalize_measured(model: onnx.ModelProto, calibration: list[dict], max_sweeps: int = 8):
     """``(model to keep, its equalize-cross-layer record or None, Int8Report)``."""
-    from .optimizer import optimize
-    from .rules import EqualizeCrossLayer
+    from ..optimizer import optimize
+    from ..rules import EqualizeCrossLayer
 
     base = int8_errors(model, calibration)
     report = Int8Report([("optimized", base)])

@@ -1,6 +1,6 @@
 """How ONNX ops move channels: which channel of an input becomes which channel of an output.
 
-Shared by the dead-channel analysis (``dead_values``) and its removal (``dead_channels``). Every
+Shared by the dead-channel analysis (``channels.values``) and its removal (``dead_channels``). Every
 function answers from constants and the shapes shape inference gives, and ``None`` (or False) when
 it cannot tell: the caller then keeps the channel.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..algebra import NotRepresentable
-from ..graph import GraphContext
-from .linear_ops import conv_form
+from ...algebra import NotRepresentable
+from ...graph import GraphContext
+from ..ops.linear import conv_form
 
 ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Softplus", "Clip",
                "Identity", "Dropout"}
