@@ -155,8 +155,12 @@ class GraphContext(ConstantQueries):
         return name
 
     def make_constant(self, hint: str, values: np.ndarray) -> gs.Constant:
-        """A new initializer with a fresh name (existing, possibly shared, ones are never edited)."""
-        return gs.Constant(self.unique_name(hint), np.ascontiguousarray(values))
+        """A new initializer with a fresh name (existing, possibly shared, ones are never edited).
+
+        Its shape is ``values``' own: a 0-d value stays a scalar (``np.ascontiguousarray`` would make it
+        shape ``(1,)``, and a scalar Loop condition or Squeeze result of rank 1 is another tensor).
+        """
+        return gs.Constant(self.unique_name(hint), np.asarray(values, order="C"))
 
     # --------------------------------------------------------------- edits
     def decline(self, node: gs.Node | str, reason: str, kind: str = "check") -> None:
