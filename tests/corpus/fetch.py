@@ -60,6 +60,7 @@ class Entry:
     opset: int
     other_opsets: tuple = ()
     known_failure: str | None = None
+    failure_match: str | None = None   # part of the one-line error of the known failure
 
     @property
     def requirement(self) -> str:
