@@ -121,7 +121,7 @@ def optimize(model: onnx.ModelProto, rules: Iterable[Rule] | None = None, *, inc
                       for name, n in edited.items()]
     if sweeps and changed:  # the sweep limit stopped a changing graph: sort it once more
         graph.toposort()
-    out = export(graph, model, overridable)
+    out = export(graph, model, overridable, notes)
     final = {n.name for n in out.graph.node}
     report_rules = [records[id(r)] for r in rule_list] + ([cleanup] if cleanup.nodes_removed else [])
     merged = [c for r in report_rules for c in r.merged if c.conv in final]

@@ -84,3 +84,116 @@ def test_folded_scalar_stays_a_scalar(tmp_path):
     assert list(cond.dims) == [] and numpy_helper.to_array(cond).shape == () and bool(numpy_helper.to_array(cond))
     assert _declared(_body(result).input, "cond_in") == [] and not report.notes
     assert _loads(result) and report.verification.passed and report.verification.max_abs == 0.0
+
+
+def paddle_condition() -> onnx.ModelProto:
+    """A Loop condition squeezed from a ``[1]`` flag by axes computed from a Constant (``Abs``: onnx
+    infers no rank through it), in a body that declares the condition ``[1]`` (paddle's scalars).
+    Once fold-constants makes the axes a constant, inference sees a scalar condition."""
+    nodes = [_const("c0", np.array([0], np.int64)), helper.make_node("Abs", ["c0"], ["axes"], name="abs"),
+             helper.make_node("Squeeze", ["flag", "axes"], ["cond"], name="squeeze"),
+             helper.make_node("Loop", ["M", "cond", "x"], ["xf"], name="loop", body=_doubling_loop([1]))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [2]),
+                                       helper.make_tensor_value_info("flag", T.BOOL, [1])],
+                          [helper.make_tensor_value_info("xf", T.FLOAT, [2])],
+                          [numpy_helper.from_array(np.array(3, np.int64), "M")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_body_input_made_stale_is_updated(tmp_path):
+    """The body's ``[1]`` condition contradicts the scalar the Loop now passes (onnxruntime refuses
+    that: "Mismatch between number of inferred and declared dimensions"): declared a scalar instead."""
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    model = paddle_condition()
+    onnx.checker.check_model(model, full_check=True)
+    assert _loads(model)
+    onnx.save(model, src)
+    report = onnxrep.optimize_file(src, out)
+    result = onnx.load(out)
+    assert [n.op_type for n in result.graph.node] == ["Squeeze", "Loop"] and report.after.nodes == 2
+    assert report.before.nodes == 4 and next(r for r in report.rules if r.name == "fold-constants").rewrites == 1
+    body = _body(result)
+    assert (_declared(body.input, "cond_in"), _declared(body.output, "cond_out")) == ([], [])
+    assert _declared(body.input, "x_in") == [2] and _declared(body.input, "i") == [1]  # not contradicted: kept
+    assert [n for n in report.notes if "declared" in n] == [
+        "declared type(s) updated to what ONNX shape inference finds: 'cond_in' in the body "
+        "of 'loop': BOOL, 1 -> BOOL, scalar; 'cond_out' in the body of 'loop': BOOL, 1 -> BOOL, scalar"]
+    assert result.graph.input == model.graph.input and result.graph.output == model.graph.output
+    assert _loads(result) and report.verification.passed and report.verification.max_abs == 0.0
+    onnx.checker.check_model(result, full_check=True)
+    stale = onnx.ModelProto()
+    stale.CopyFrom(result)
+    _body(stale).input[1].type.tensor_type.shape.dim.add().dim_value = 1  # the declaration as it was
+    assert not _loads(stale)
+
+
+def folded_in_body() -> onnx.ModelProto:
+    """In the Loop body, ``y = Squeeze(x_in, Concat(Constant [0], Constant []))``, declared ``[1]`` (as
+    is ``z = Relu(y)``, a body output), and ``sum(zs)`` after the Loop. Inference sees no rank
+    through the Concat; fold-constants makes the axes one constant, and then it does: scalars."""
+    body = helper.make_graph(
+        [_const("c0", np.array([0], np.int64)), _const("c1", np.array([], np.int64)),
+         helper.make_node("Concat", ["c0", "c1"], ["axes"], axis=0, name="concat"),
+         helper.make_node("Squeeze", ["x_in", "axes"], ["y"], name="squeeze"),
+         helper.make_node("Relu", ["y"], ["z"], name="relu"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_cond"),
+         helper.make_node("Add", ["x_in", "x_in"], ["x_out"], name="double")], "body",
+        [helper.make_tensor_value_info("i", T.INT64, [1]), helper.make_tensor_value_info("cond_in", T.BOOL, []),
+         helper.make_tensor_value_info("x_in", T.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", T.BOOL, []), helper.make_tensor_value_info("x_out", T.FLOAT, [1]),
+         helper.make_tensor_value_info("z", T.FLOAT, [1])],
+        value_info=[helper.make_tensor_value_info("y", T.FLOAT, [1])])
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["M", "cond", "x"], ["xf", "zs"], name="loop", body=body),
+         helper.make_node("ReduceSum", ["zs"], ["total"], keepdims=0, name="sum")], "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [1])],
+        [helper.make_tensor_value_info("xf", T.FLOAT, [1]), helper.make_tensor_value_info("total", T.FLOAT, [])],
+        [numpy_helper.from_array(np.array(3, np.int64), "M"), numpy_helper.from_array(np.array(True), "cond")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_body_value_info_and_output_made_stale_are_updated(tmp_path):
+    """A rewrite inside the body (the Concat folded) makes ``y``'s value_info and the body output ``z``
+    contradict inference (strict inference and onnx's full check refuse them): both become scalars."""
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    model = folded_in_body()
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, src)
+    report = onnxrep.optimize_file(src, out)
+    result = onnx.load(out)
+    body = _body(result)
+    assert [n.op_type for n in body.node] == ["Identity", "Add", "Squeeze", "Relu"]
+    assert next(r for r in report.rules if r.name == "fold-constants").rewrites == 1
+    assert (_declared(body.value_info, "y"), _declared(body.output, "z")) == ([], [])
+    assert _declared(body.output, "x_out") == [1] and _declared(body.input, "x_in") == [1]
+    notes = [n for n in report.notes if "declared" in n]
+    assert len(notes) == 1 and "'y' in the body of 'loop': FLOAT, 1 -> FLOAT, scalar" in notes[0]
+    assert "'z' in the body of 'loop': FLOAT, 1 -> FLOAT, scalar" in notes[0]
+    onnx.checker.check_model(result, full_check=True)
+    assert _loads(result) and report.verification.passed and report.verification.max_abs == 0.0
+    stale = onnx.ModelProto()
+    stale.CopyFrom(result)
+    _body(stale).value_info[0].type.tensor_type.shape.dim.add().dim_value = 1
+    try:
+        onnx.checker.check_model(stale, full_check=True)
+        refused = False
+    except Exception:  # noqa: BLE001
+        refused = True
+    assert refused
+
+
+def test_consistent_declarations_keeps_the_interface():
+    """Main-graph value_info inference contradicts is updated; the graph's inputs and outputs, and
+    declarations inference says nothing against, stay as declared."""
+    from onnxrep.graph.shapes import consistent_declarations
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Flatten", ["r"], ["y"], axis=0)],
+                          "g", [helper.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", T.FLOAT, [1, 5])],  # wrong, but the interface
+                          value_info=[helper.make_tensor_value_info("r", T.FLOAT, [6])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert consistent_declarations(model) == ["'r': FLOAT, 6 -> FLOAT, 2x3"]
+    assert _declared(model.graph.value_info, "r") == [2, 3] and _declared(model.graph.output, "y") == [1, 5]
+    assert consistent_declarations(model) == []
+    for m in (paddle_condition(), folded_in_body(), slanet_condition()):  # consistent as built
+        assert consistent_declarations(m) == []

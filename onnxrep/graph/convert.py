@@ -6,7 +6,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import gs_shim
-from .shapes import inferred_shapes
+from .shapes import consistent_declarations, inferred_shapes
 
 
 def subgraphs(graph: gs.Graph) -> list[gs.Graph]:
@@ -54,8 +54,13 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str]) -> onnx.ModelProto:
+def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str],
+           notes: list[str] | None = None) -> onnx.ModelProto:
     """Export ``graph`` keeping the original model's header, metadata and overridable inputs.
+
+    Declared types that shape inference contradicts after the rewrites (value_info, and the inputs
+    and outputs of If / Loop / Scan bodies) are updated (``shapes.consistent_declarations``), and
+    listed in ``notes``: onnxruntime refuses a model whose declared rank disagrees with inference.
 
     Large new weights are moved into the output one at a time (gs would first copy every one
     into a TensorProto list and then again into the graph), so export needs about one extra
@@ -109,4 +114,12 @@ def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str]) ->
     kept = [v for v in out.graph.value_info if v.name in known]
     del out.graph.value_info[:]
     out.graph.value_info.extend(kept)
+    updated = consistent_declarations(out)
+    if updated and notes is not None:
+        more = f"; and {len(updated) - MAX_LISTED} more" if len(updated) > MAX_LISTED else ""
+        notes.append(f"declared type(s) updated to what ONNX shape inference finds: {'; '.join(updated[:MAX_LISTED])}{more}")
     return out
+
+
+#: stale declarations listed by name in the report's note at most
+MAX_LISTED = 5
