@@ -18,12 +18,13 @@ MinMax ranges, and the same runs each time.
 
 Calibration samples (:func:`calibration_inputs`)
 ------------------------------------------------
-From an ``.npz`` file: one array per real graph input, named like the input, of shape
-``(S, *input_shape)`` where ``input_shape`` is the whole shape fed to the model (batch included):
-sample ``i`` feeds ``array[i]``. Every input needs an array, every array needs an input, all arrays
-have the same ``S >= 1``, the static dims of the model (and ``input_shapes`` when given) must
-match, and an array must be of the input's kind (float for a float input, integer for an integer
-one, bool for bool); it is cast to the input's dtype. Without a file: ``count`` samples from
+From an ``.npz`` file (:func:`onnxrep.verification.given.npz_samples`, the format of ``--inputs``
+too): one array per real graph input, named like the input, of shape ``(S, *input_shape)`` where
+``input_shape`` is the whole shape fed to the model (batch included): sample ``i`` feeds
+``array[i]``. Every input needs an array, every array needs an input, all arrays have the same
+``S >= 1``, the static dims of the model (and ``input_shapes`` when given) must match, and an array
+must be of the input's kind (float for a float input, integer for an integer one, bool for bool); it
+is cast to the input's dtype. Without a file: ``count`` samples from
 :func:`onnxrep.verification.inputs.make_inputs` with seeds ``seed, seed + 1, ...``.
 
 Every problem is a one-line :class:`onnxrep.graph.io.InputError`.
@@ -42,9 +43,9 @@ import numpy as np
 import onnx
 
 from ..graph import io
-from ..graph.dtypes import FLOAT_TYPES, INT_TYPES
 from ..graph.io import InputError, first_line
-from ..verification.inputs import VerifyError, make_inputs, real_inputs
+from ..verification.given import npz_samples
+from ..verification.inputs import VerifyError, make_inputs
 from ..tables import text_table
 from ..verification.sessions import run
 
@@ -67,90 +68,6 @@ class Int8Error:
 
 
 # ------------------------------------------------------------------ calibration samples
-def _input_kind(elem_type: int) -> str:
-    if elem_type in FLOAT_TYPES:
-        return "f"
-    if elem_type in INT_TYPES:
-        return "i"
-    return "b" if elem_type == onnx.TensorProto.BOOL else "?"
-
-
-def _model_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
-    """The input's declared dims (None: dynamic), or None when it declares no shape."""
-    tt = vi.type.tensor_type
-    if not tt.HasField("shape"):
-        return None
-    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
-
-
-def _load_npz(path: str) -> dict[str, np.ndarray]:
-    try:
-        data = np.load(os.fspath(path), allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise InputError(f"{path}: not an .npz file (one array per input name expected)")
-        with data:
-            return {k: data[k] for k in data.files}
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - bad zip, pickled arrays, ...
-        raise InputError(f"{path}: cannot read calibration arrays ({first_line(exc)})") from None
-
-
-def _check_array(path: str, vi: onnx.ValueInfoProto, arr: np.ndarray,
-                 given: tuple[int, ...] | None) -> np.ndarray:
-    """``arr`` (samples of input ``vi``) checked against the model and cast to the input's dtype."""
-    name, et = vi.name, vi.type.tensor_type.elem_type
-    dims = _model_dims(vi)
-    want = f"(S, {', '.join('?' if d is None else str(d) for d in dims)})" if dims is not None else "(S, ...)"
-    if dims is not None and arr.ndim != len(dims) + 1:
-        raise InputError(f"{path}: input {name!r}: array of shape {arr.shape} has rank {arr.ndim}, "
-                         f"expected {want} (first axis = samples)")
-    if arr.shape[0] < 1:
-        raise InputError(f"{path}: input {name!r}: no samples (first axis is 0)")
-    for axis, d in enumerate(dims or []):
-        if d is not None and arr.shape[axis + 1] != d:
-            raise InputError(f"{path}: input {name!r}: array of shape {arr.shape} does not match "
-                             f"the model's {want} at axis {axis + 1}")
-    if given is not None and tuple(arr.shape[1:]) != tuple(given):
-        raise InputError(f"{path}: input {name!r}: samples of shape {tuple(arr.shape[1:])} differ "
-                         f"from the given input shape {tuple(given)}")
-    kind = _input_kind(et)
-    ok = {"f": arr.dtype.kind == "f" or arr.dtype.kind == "V", "i": arr.dtype.kind in "iu",
-          "b": arr.dtype.kind == "b"}.get(kind, False)
-    if not ok:
-        type_name = onnx.TensorProto.DataType.Name(et)
-        raise InputError(f"{path}: input {name!r}: array of dtype {arr.dtype} for a {type_name} input")
-    return arr.astype(onnx.helper.tensor_dtype_to_np_dtype(et), copy=False)
-
-
-def _npz_samples(model: onnx.ModelProto, path: str,
-                 input_shapes: Mapping[str, tuple[int, ...]] | None) -> list[dict[str, np.ndarray]]:
-    """Samples read from ``path`` (module doc: arrays of shape ``(S, *input_shape)``)."""
-    arrays = _load_npz(path)
-    inputs = real_inputs(model.graph)
-    names = [vi.name for vi in inputs]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise InputError(f"{path}: no array for input(s) {', '.join(map(repr, missing))} "
-                         f"(model inputs: {', '.join(names)})")
-    extra = [k for k in arrays if k not in names]
-    if extra:
-        raise InputError(f"{path}: array(s) {', '.join(map(repr, extra))} name no model input "
-                         f"(model inputs: {', '.join(names)})")
-    shapes = dict(input_shapes or {})
-    if "" in shapes and len(names) == 1:
-        shapes[names[0]] = shapes.pop("")
-    checked = {vi.name: _check_array(path, vi, arrays[vi.name], shapes.get(vi.name)) for vi in inputs}
-    counts = {n: a.shape[0] for n, a in checked.items()}
-    if len(set(counts.values())) > 1:
-        raise InputError(f"{path}: inputs have different sample counts: "
-                         f"{', '.join(f'{n!r}: {c}' for n, c in counts.items())}")
-    count = next(iter(counts.values()), 0)
-    return [{n: np.ascontiguousarray(a[i]) for n, a in checked.items()} for i in range(count)]
-
-
 def calibration_inputs(model: onnx.ModelProto, *, path: str | None = None, count: int = 8, seed: int = 0,
                        input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[dict[str, np.ndarray]]:
     """Calibration samples, ``{input name: array}`` each: read from the ``.npz`` file ``path``
@@ -158,7 +75,7 @@ def calibration_inputs(model: onnx.ModelProto, *, path: str | None = None, count
     seeded random samples from :func:`onnxrep.verification.inputs.make_inputs` with seeds ``seed, seed + 1, ...``
     (``input_shapes`` fixes dynamic dims as for verification). One-line InputError on a bad file."""
     if path is not None:
-        return _npz_samples(model, os.fspath(path), input_shapes)
+        return npz_samples(model, os.fspath(path), input_shapes)
     if count < 1:
         raise InputError(f"calibration needs at least one sample (count={count})")
     try:

@@ -43,8 +43,9 @@ class VerifyError(Exception):
 
 
 class InputShapeError(ValueError):
-    """A given input shape does not fit the model (unknown name, rank or static dim): a usage error,
-    whose one-line message lists the model's inputs and shapes."""
+    """Given input shapes, samples (``--inputs``) or values (``--input-value``) do not fit the model (an
+    unknown name, another rank, a static dim, a dtype): a usage error, whose one-line message lists the
+    model's inputs and shapes."""
 
 
 #: separators between the dims of a shape spec: ``1,3,224,224`` or ``1x3x224x224`` (as reports print it)
@@ -134,55 +135,31 @@ def _model_dims(inputs: list[onnx.ValueInfoProto]) -> dict[str, list[Any] | None
     return model_dims
 
 
-def describe_inputs(inputs: list[onnx.ValueInfoProto]) -> str:
-    """``"input (N,3,224,224), sr ()"``: the real inputs with their declared shapes (``?``: unknown)."""
+def type_name(vi: onnx.ValueInfoProto) -> str:
+    """``"float"``, ``"int64"``, ``"bool"``: the input's element type as ONNX names it, in lower case."""
+    et = vi.type.tensor_type.elem_type
+    return TensorProto.DataType.Name(et).lower() if et in TensorProto.DataType.values() else str(et)
+
+
+def describe_inputs(inputs: list[onnx.ValueInfoProto], types: bool = False) -> str:
+    """``"input (N,3,224,224), sr ()"``: the real inputs with their declared shapes (``?``: unknown);
+    with ``types``, each followed by its element type (``sr () int64``)."""
     dims = _model_dims(inputs)
-    return ", ".join(f"{n} {'(unknown shape)' if d is None else _fmt_model_shape(d)}" for n, d in dims.items()) \
-        or "(none)"
+    kinds = {vi.name: f" {type_name(vi)}" if types else "" for vi in inputs}
+    return ", ".join(f"{n} {'(unknown shape)' if d is None else _fmt_model_shape(d)}{kinds[n]}"
+                     for n, d in dims.items()) or "(none)"
 
 
 def _resolve_shapes(
     inputs: list[onnx.ValueInfoProto], input_shapes: Mapping[str, Sequence[int]]
 ) -> dict[str, tuple[int, ...]]:
-    names = [vi.name for vi in inputs]
-    user = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+    user = user_shapes(inputs, input_shapes)
     model_dims = _model_dims(inputs)
-    known = f"the model's inputs: {describe_inputs(inputs)}"
-    if "" in user:
-        if len(names) != 1:
-            raise InputShapeError(
-                f"an unnamed input shape needs a model with exactly one input, "
-                f"but it has {len(names)}; give NAME:SHAPE for each ({known})"
-            )
-        if names[0] in user:
-            raise InputShapeError(f"input {names[0]!r} given both with and without a name")
-        user[names[0]] = user.pop("")
-    unknown = [k for k in user if k not in names]
-    if unknown:
-        raise InputShapeError(
-            f"input shape given for unknown input(s) {', '.join(map(repr, unknown))}; {known}"
-        )
-
-    # check user shapes, collect dim_param bindings
-    bindings: dict[str, int] = {}
+    bindings: dict[str, int] = {}  # a dim_param the user fixed on one input keeps its size on the others
     for name, shape in user.items():
-        dims = model_dims[name]
-        if dims is None:
-            continue
-        if len(shape) != len(dims):
-            raise InputShapeError(
-                f"input {name!r}: given shape {_fmt_model_shape(list(shape))} has rank {len(shape)} "
-                f"but the model declares rank {len(dims)} {_fmt_model_shape(dims)} ({known})"
-            )
-        for axis, (u, m) in enumerate(zip(shape, dims)):
-            if isinstance(m, int) and u != m:
-                raise InputShapeError(
-                    f"input {name!r}: given shape {_fmt_model_shape(list(shape))} conflicts with "
-                    f"model shape {_fmt_model_shape(dims)} at axis {axis} (fixed to {m}) ({known})"
-                )
+        for u, m in zip(shape, model_dims[name] or []):
             if isinstance(m, str):
                 bindings.setdefault(m, u)
-
     resolved: dict[str, tuple[int, ...]] = {}
     for vi in inputs:
         name = vi.name
@@ -202,6 +179,48 @@ def _resolve_shapes(
                 out.append(DEFAULT_BATCH_DIM if axis == 0 else DEFAULT_OTHER_DIM)
         resolved[name] = tuple(out)
     return resolved
+
+
+def user_shapes(
+    inputs: list[onnx.ValueInfoProto], input_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
+    """The given shapes by input name (the unnamed ``""`` one given to the only input), checked against
+    the model's inputs: :class:`InputShapeError` for an unknown name, another rank, another static dim."""
+    names = [vi.name for vi in inputs]
+    user = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+    model_dims = _model_dims(inputs)
+    known = f"the model's inputs: {describe_inputs(inputs)}"
+    if "" in user:
+        if len(names) != 1:
+            raise InputShapeError(
+                f"an unnamed input shape needs a model with exactly one input, "
+                f"but it has {len(names)}; give NAME:SHAPE for each ({known})"
+            )
+        if names[0] in user:
+            raise InputShapeError(f"input {names[0]!r} given both with and without a name")
+        user[names[0]] = user.pop("")
+    unknown = [k for k in user if k not in names]
+    if unknown:
+        raise InputShapeError(
+            f"input shape given for unknown input(s) {', '.join(map(repr, unknown))}; {known}"
+        )
+
+    for name, shape in user.items():
+        dims = model_dims[name]
+        if dims is None:
+            continue
+        if len(shape) != len(dims):
+            raise InputShapeError(
+                f"input {name!r}: given shape {_fmt_model_shape(list(shape))} has rank {len(shape)} "
+                f"but the model declares rank {len(dims)} {_fmt_model_shape(dims)} ({known})"
+            )
+        for axis, (u, m) in enumerate(zip(shape, dims)):
+            if isinstance(m, int) and u != m:
+                raise InputShapeError(
+                    f"input {name!r}: given shape {_fmt_model_shape(list(shape))} conflicts with "
+                    f"model shape {_fmt_model_shape(dims)} at axis {axis} (fixed to {m}) ({known})"
+                )
+    return user
 
 
 def check_input_shapes(model: ModelLike, input_shapes: Mapping[str, Sequence[int]]) -> None:
