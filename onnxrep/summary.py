@@ -66,7 +66,7 @@ def format_report(report: Report, src: str = "", dest: str | None = None, explai
             lines.append(report.int8.note)
     if report.verification is not None:
         v = report.verification
-        shapes = ", ".join(f"{k}:{'x'.join(map(str, s))}" for k, s in v.input_shapes.items())
+        shapes = ", ".join(f"{k}:{'x'.join(map(str, s)) or 'scalar'}" for k, s in v.input_shapes.items())
         lines += ["", f"verification (onnxruntime, seed {v.seed}, inputs {shapes})", format_result(v)]
     if report.culprit:
         c = report.culprit

@@ -25,7 +25,7 @@ from ..graph.stats import estimated_size
 def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the caller as VerifyError: none on stderr
     if intra_op_threads is not None:
         so.intra_op_num_threads = int(intra_op_threads)
     return so
