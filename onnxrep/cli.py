@@ -19,7 +19,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_VERIFY, EXIT_R
 EPILOG = """exit codes:
   0  success
   1  internal error (please report; --debug shows the traceback)
-  2  bad command line
+  2  bad command line (an --input-shape, --inputs or --input-value that does not fit the model's inputs)
   3  the input model cannot be used (missing, empty, not ONNX, invalid, missing external data)
   4  the output cannot be written (same as input, folder missing or read-only, disk full)
   5  verification failed: the optimized model differs beyond tolerance (the message names the rule
@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
                              "twice the original's own float16 rounding error; README 'Verification')")
         sp.add_argument("--atol", type=float, default=None,
                         help="absolute tolerance (with --rtol; default by precision: float32 1e-5, float16 2.5e-3)")
+        sp.add_argument("--inputs", metavar="FILE.npz", default=None,
+                        help="verify on these samples: one array per graph input, named like it, shaped (samples, "
+                             "*input shape); every sample is a run. Inputs it leaves out are made as usual")
+        sp.add_argument("--input-value", metavar="NAME=V", action="append", default=[],
+                        help="give input NAME the value V in every run (a scalar such as a sample rate, or a value "
+                             "for every element), read as the input's dtype: integer, float, or true/false "
+                             "(repeatable). Without it, a scalar input the graph compares with constants takes "
+                             "each of them in turn")
         sp.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs (default 0)")
 
     o = sub.add_parser("optimize", help="rewrite IN into OUT, verify, then write OUT",
@@ -200,22 +208,33 @@ def _run(args) -> int:
     from .pipeline import RulesFileError, VerificationFailed, load_rules_from, optimize_file
     from .summary import format_report
     from .tables import text_table
+    from .verification.given import check_given, parse_input_values
     from .verification.inputs import check_input_shapes
     from .verification.compare import VerifyError, format_result, parse_input_shapes, verify
 
     if args.command == "rules":
         return _list_rules(args)
 
+    model_path = args.reference if args.command == "compare" else args.input
     try:
         shapes = parse_input_shapes(args.input_shape)
-        check_input_shapes(args.reference if args.command == "compare" else args.input, shapes)
+        check_input_shapes(model_path, shapes)
     except ValueError as exc:
         return _error(f"--input-shape: {exc}", EXIT_USAGE)
+    try:
+        values = parse_input_values(args.input_value)
+    except ValueError as exc:
+        return _error(f"--input-value: {exc}", EXIT_USAGE)
+    if args.inputs or values:
+        try:
+            check_given(model_path, shapes, args.inputs, values)
+        except ValueError as exc:
+            return _error(first_line(exc), EXIT_USAGE)
 
     if args.command == "compare":
         try:
             result = verify(args.reference, args.candidate, input_shapes=shapes, seed=args.seed,
-                            rtol=args.rtol, atol=args.atol)
+                            rtol=args.rtol, atol=args.atol, inputs=args.inputs, input_values=values)
         except (VerifyError, ValueError) as exc:
             return _error(first_line(exc), EXIT_INPUT)
         print(format_result(result))
@@ -251,7 +270,8 @@ def _run(args) -> int:
         report = optimize_file(args.input, dest, rules=rules, include_defaults=not args.no_default_rules,
                                check_result=check, input_shapes=shapes, seed=args.seed, rtol=rtol,
                                atol=atol, max_sweeps=args.max_sweeps, progress=progress, equalize=args.equalize,
-                               int8_report=args.int8_report, calibration=args.calibration)
+                               int8_report=args.int8_report, calibration=args.calibration, inputs=args.inputs,
+                               input_values=values)
     except VerificationFailed as exc:
         report, failure = exc.report, str(exc)
     finally:

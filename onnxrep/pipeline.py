@@ -14,6 +14,7 @@ from .optimizer import optimize
 from .report import Report
 from .rule import Pass, PatternRule, Rule, RuleError
 from .verification.compare import VerifyError, verify
+from .verification.result import run_label
 
 
 class VerificationFailed(Exception):
@@ -27,7 +28,8 @@ class VerificationFailed(Exception):
 def _failure_message(result, culprit: dict | None) -> str:
     """``verification failed: rule 'R' at node 'N' (max abs error ...)``, or without a culprit the error alone."""
     worst = result.worst()
-    numbers = (f"max abs error {worst.max_abs:.3g} on '{worst.name}', allowed {worst.allowed:.3g}, "
+    where = f" at {run_label(result.runs[worst.run])}" if len(result.runs) > 1 else ""
+    numbers = (f"max abs error {worst.max_abs:.3g} on '{worst.name}'{where}, allowed {worst.allowed:.3g}, "
                f"max rel {worst.max_rel:.3g}")
     if culprit:
         return f"verification failed: rule '{culprit['rule']}' at node '{culprit['node']}' ({numbers}); nothing written"
@@ -81,7 +83,7 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
                   include_defaults: bool = True, check_result: bool = True, input_shapes=None, seed: int = 0,
                   rtol: float | None = None, atol: float | None = None, max_sweeps: int = 8,
                   progress: Callable[[str], None] | None = None, equalize: bool = False, int8_report: bool = False,
-                  calibration: str | None = None) -> Report:
+                  calibration: str | None = None, inputs=None, input_values=None) -> Report:
     """Optimize ``src`` into ``dest`` (``None``: dry run, nothing written).
 
     With ``check_result`` the optimized model is run against ``src`` in onnxruntime first
@@ -90,6 +92,8 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
     ``equalize``: cross-layer equalization, kept only where the measured W8A8 error does not grow
     (``onnxrep.int8.equalization``); ``int8_report``: measure the W8A8 error of the result. Both quantize
     on ``calibration`` (an .npz, ``onnxrep.int8.measure.calibration_inputs``) or seeded random inputs.
+    ``inputs`` (an .npz of samples, or arrays) and ``input_values`` (``{name: value}``) are what
+    verification runs on (``onnxrep.verification.compare.verify``).
     """
     if dest is not None and same_file(src, dest):
         raise OutputError(f"{dest}: output path is the input path (choose another output file)")
@@ -121,7 +125,8 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
                 progress("verifying with onnxruntime")
             candidate = pending.path if pending is not None else optimized
             try:
-                result = verify(str(src), candidate, input_shapes=input_shapes, seed=seed, rtol=rtol, atol=atol)
+                result = verify(str(src), candidate, input_shapes=input_shapes, seed=seed, rtol=rtol, atol=atol,
+                                inputs=inputs, input_values=input_values)
             except ValueError as exc:  # bad --input-shape
                 raise InputError(first_line(exc)) from None
             except VerifyError as exc:
@@ -135,7 +140,7 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
                 del optimized
                 gc.collect()
                 report.culprit = _culprit(src, report, rules, include_defaults, max_sweeps, progress,
-                                          dict(input_shapes=input_shapes, seed=seed, rtol=rtol, atol=atol))
+                                          dict(inputs=result.samples, seed=seed, rtol=rtol, atol=atol))
                 raise VerificationFailed(_failure_message(result, report.culprit), report)
         if pending is not None:
             pending.commit()
