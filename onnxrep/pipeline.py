@@ -36,15 +36,43 @@ def _failure_message(result, culprit: dict | None) -> str:
     return f"verification failed: {numbers}; nothing written"
 
 
+def _refusal_message(error: VerifyError, culprit: dict | None) -> str:
+    """The optimized model fails in onnxruntime (load or run) where the input runs: a rewrite's failure."""
+    what = f"the optimized model fails in onnxruntime, the input model runs: {error}"
+    if culprit:
+        return f"verification failed: rule '{culprit['rule']}' at node '{culprit['node']}' ({what}); nothing written"
+    return (f"verification failed ({what}), even with none of the rewrites made: onnxrep's export broke it "
+            f"(a bug, please report it); nothing written")
+
+
+def _passes(src, out, verify_args) -> bool:
+    """Whether ``out`` verifies against ``src``; a model onnxruntime refuses to load or run does not."""
+    try:
+        return verify(str(src), out, **verify_args).passed
+    except VerifyError:
+        return False
+
+
+def _input_runs(src, verify_args) -> bool:
+    """Whether the input model verifies against itself: it loads and runs in onnxruntime (the part that
+    can, when some ops cannot) on the inputs verification makes for it."""
+    try:
+        verify(str(src), str(src), **verify_args)
+    except (VerifyError, ValueError):
+        return False
+    return True
+
+
 def _culprit(src, report: Report, rules, include_defaults: bool, max_sweeps: int, progress, verify_args) -> dict | None:
-    """Bisect the run's edits for the one that broke verification (see ``onnxrep.verification.culprit``)."""
+    """Bisect the run's edits for the one that broke verification (see ``onnxrep.verification.culprit``);
+    an edit count whose model onnxruntime refuses fails like one that differs beyond tolerance."""
     from .verification.culprit import find_culprit
 
     model, _ = load_model(src, check=False)
     try:
-        return find_culprit(model, report.edits, lambda out: verify(str(src), out, **verify_args).passed,
+        return find_culprit(model, report.edits, lambda out: _passes(src, out, verify_args),
                             rules=rules, include_defaults=include_defaults, max_sweeps=max_sweeps, progress=progress)
-    except (VerifyError, RuleError):
+    except RuleError:
         return None
 
 
@@ -130,8 +158,21 @@ def optimize_file(src: str | os.PathLike, dest: str | os.PathLike | None, *, rul
             except ValueError as exc:  # bad --input-shape
                 raise InputError(first_line(exc)) from None
             except VerifyError as exc:
-                raise VerificationFailed(f"verification could not run ({exc}); nothing written "
-                                         f"(--no-verify skips the check)", report) from None
+                given = dict(input_shapes=input_shapes, seed=seed, rtol=rtol, atol=atol, inputs=inputs,
+                             input_values=input_values)
+                if not _input_runs(src, given):  # the input model's failure: nothing to compare with
+                    raise VerificationFailed(f"verification could not run ({exc}); nothing written "
+                                             f"(--no-verify skips the check)", report) from None
+                # the input runs and the optimized model does not: one of onnxrep's edits broke it
+                if pending is not None:
+                    pending.discard()
+                    pending = None
+                del optimized, candidate
+                gc.collect()
+                report.culprit = _culprit(src, report, rules, include_defaults, max_sweeps, progress, given)
+                if report.culprit is not None:
+                    report.culprit["error"] = str(exc)
+                raise VerificationFailed(_refusal_message(exc, report.culprit), report) from None
             report.verification = result
             if not result.passed:
                 if pending is not None:

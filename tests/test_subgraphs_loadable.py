@@ -197,3 +197,86 @@ def test_consistent_declarations_keeps_the_interface():
     assert consistent_declarations(model) == []
     for m in (paddle_condition(), folded_in_body(), slanet_condition()):  # consistent as built
         assert consistent_declarations(m) == []
+
+
+#: a user rule whose node onnxruntime refuses: Relu(x) => Clip(x, min) with ``min`` float64 beside a
+#: float32 ``x`` (type T bound twice), at the node named relu_b only
+REFUSED_RULE = '''
+import numpy as np
+from onnxrep import PatternRule, op, var
+
+class DoubleClip(PatternRule):
+    """Relu(x) => Clip(x, 0.0) with a float64 bound (invalid: Clip takes one type T)."""
+    name = "double-clip"
+    pattern = op("Relu", var("x"))
+
+    def check(self, m):
+        return None if m.root.name == "relu_b" else "not the one"
+
+    def rewrite(self, m, b):
+        b.op("Clip", [m.tensor("x"), b.const("min", np.array(0.0, np.float64))], outputs=[m.output])
+'''
+
+
+def _two_blocks(path) -> None:
+    """conv+BN -> relu_a -> conv+BN -> relu_b -> y: the built-in rules merge both conv+BN pairs."""
+    rng = np.random.default_rng(0)
+    inits, nodes, t = [], [], "x"
+    for i, relu in enumerate(("relu_a", "relu_b")):
+        inits += [numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), f"w{i}")] + [
+            numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), f"{k}{i}") for k in "gbmv"]
+        nodes += [helper.make_node("Conv", [t, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("BatchNormalization", [f"c{i}"] + [f"{k}{i}" for k in "gbmv"], [f"n{i}"],
+                                   name=f"bn{i}"),
+                  helper.make_node("Relu", [f"n{i}"], [f"r{i}" if i == 0 else "y"], name=relu)]
+        t = f"r{i}"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", T.FLOAT, [1, 4, 8, 8])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_a_candidate_onnxruntime_refuses_names_its_rule(tmp_path, capsys):
+    """The input runs, the optimized model does not load: a failed verification of onnxrep's edits
+    (exit 5), bisected to the user rule's edit at relu_b, not 'verification could not run'."""
+    import json
+
+    from onnxrep import cli
+
+    src, out, rules, js = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "refused.py", tmp_path / "r.json"
+    _two_blocks(src)
+    rules.write_text(REFUSED_RULE)
+    code = cli.main(["optimize", str(src), str(out), "-q", "--rules-from", str(rules), "--json", str(js)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_VERIFY == 5 and not out.exists() and not list(tmp_path.glob(".onnxrep-*"))
+    assert err.count("\n") == 1 and "could not run" not in err
+    assert err.startswith("onnxrep: error: verification failed: rule 'double-clip' at node 'relu_b' (the optimized "
+                          "model fails in onnxruntime, the input model runs: candidate model: onnxruntime could not "
+                          "create a session: ")
+    assert "Clip" in err and err.rstrip().endswith("; nothing written")
+    report = json.loads(js.read_text())
+    edits = sum(r["rewrites"] for r in report["rules"])
+    assert report["written"] is False and report["verification"] is None and edits == 3  # 2 merges, 1 Clip
+    assert {k: report["culprit"][k] for k in ("rule", "node", "edit", "edits")} == {
+        "rule": "double-clip", "node": "relu_b", "edit": 3, "edits": 3}
+    assert report["culprit"]["error"].startswith("candidate model: onnxruntime could not create a session")
+    # the same through the Python API: VerificationFailed with the culprit, nothing written
+    import pytest
+
+    with pytest.raises(onnxrep.VerificationFailed, match="rule 'double-clip' at node 'relu_b'") as info:
+        onnxrep.optimize_file(src, out, rules=onnxrep.load_rules_from(rules))
+    assert info.value.report.culprit["edit"] == 3 and not out.exists()
+
+
+def test_an_input_model_that_cannot_run_is_not_a_culprit(tmp_path):
+    """'verification could not run' stays for the input model's own failure (nothing of it runs)."""
+    import pytest
+
+    src = tmp_path / "m.onnx"
+    g = helper.make_graph([helper.make_node("Plugin", ["x"], ["y"], name="plugin", domain="custom.ops")],
+                          "g", [helper.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", T.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.ops", 1)]),
+              src)
+    with pytest.raises(onnxrep.VerificationFailed, match="^verification could not run \\(reference model: ") as info:
+        onnxrep.optimize_file(src, tmp_path / "o.onnx")
+    assert "Plugin 'plugin'" in str(info.value) and info.value.report.culprit is None and not (tmp_path / "o.onnx").exists()
