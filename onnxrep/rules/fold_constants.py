@@ -11,6 +11,14 @@ are graph inputs (the caller may override them), anything larger than ``MAX_ELEM
 results larger than their inputs (``Expand(CastLike(0), [C])`` would turn one scalar into C
 parameters: the rules read such a tensor where it is, ``GraphContext.computed``, and it goes
 when nothing reads it any more).
+
+**Never more parameters.** A fold adds its results and frees the constants only it reads; a
+constant read elsewhere too stays. Over the whole run (every graph: If / Loop bodies read their
+outer graph's constants) the folds may not add more than they have freed so far:
+``sum(results) - sum(freed) <= 0`` after each fold, else it is declined with the elements it would
+add (and tried again next sweep, when other folds may have freed more). So ``Slice(W)`` of LSTM
+weights that both branches of an If read is left as it is: folding it in each branch would store
+the weights twice (silero-vad: +264,022 parameters, +48%).
 """
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ from ..rule import Pass
 
 MAX_ELEMENTS = 1 << 20
 NEVER = RANDOM_OPS | CONTROL_FLOW | {"Constant", "Identity", "Dropout"}
+#: the run-wide balance of parameters added minus parameters freed by folds (``record.memory``)
+_BALANCE = "parameters added by folds"
 
 
 class FoldConstants(Pass):
@@ -73,6 +83,27 @@ class FoldConstants(Pass):
             self._replace(ctx, node, results)
 
     def _replace(self, ctx: GraphContext, node: gs.Node, results: list[np.ndarray]) -> None:
+        added = sum(int(np.asarray(r).size) for r in results) - _freed(ctx, node)
+        balance = ctx.record.memory.get(_BALANCE, 0)
+        if balance + added > 0:
+            ctx.decline(node, f"would add {added:,} parameters: the constants it reads are read elsewhere too "
+                              f"(folds so far freed {-balance:,} more than they added)")
+            return
+        ctx.record.memory[_BALANCE] = balance + added
         for t, r in zip(node.outputs, results):
             ctx.substitute(t, ctx.make_constant(t.name + "_folded", r))
         ctx.replace([node], [])  # nothing reads it now; Constant nodes read only here go too
+
+
+def _freed(ctx: GraphContext, node: gs.Node) -> int:
+    """Elements of the stored constants (initializers, Constant nodes) that only ``node`` reads: they go
+    with it."""
+    freed, seen = 0, set()
+    for t in node.inputs:
+        if ctx.is_absent(t) or id(t) in seen:
+            continue
+        seen.add(id(t))
+        info = ctx.stored_constant_info(t)
+        if info is not None and not ctx.is_graph_output(t) and all(c is node for c in t.outputs):
+            freed += int(np.prod(info[0]))
+    return freed
