@@ -345,3 +345,30 @@ def test_the_python_api_takes_inputs_and_input_values(tmp_path):
     assert [r["sample"] for r in v.runs] == [0, 1] and v.outputs[0].ref_max_abs == 2.0
     with pytest.raises(VerificationFailed):  # the else branch, given: the reference cannot run it
         optimize_file(src, None, input_values={"sr": 1})
+
+
+def test_integer_inputs_stay_inside_the_tables_they_index():
+    """token_type_ids into a 2-row embedding (through a Cast) is drawn in [0, 2); an id into a 10-row table and
+    an integer that indexes nothing keep [0, 4): the reference runs without flags (minilm-l6-int8)."""
+    from onnxrep.verification.inputs import index_bounds, make_inputs
+
+    table2 = onnx.numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "types")
+    table10 = onnx.numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), "words")
+    nodes = [helper.make_node("Cast", ["tt"], ["tt64"], to=T.INT64),
+             helper.make_node("Gather", ["types", "tt64"], ["e1"]),
+             helper.make_node("Gather", ["words", "ids"], ["e2"]),
+             helper.make_node("Add", ["e1", "e2"], ["y"]),
+             helper.make_node("Cast", ["n"], ["nf"], to=T.FLOAT),
+             helper.make_node("Unsqueeze", ["nf", "last"], ["nf3"]),
+             helper.make_node("Mul", ["y", "nf3"], ["z"])]
+    ints = [helper.make_tensor_value_info(k, t, [1, 64]) for k, t in (("tt", T.INT32),
+                                                                     ("ids", T.INT64),
+                                                                     ("n", T.INT64))]
+    graph = helper.make_graph(nodes, "emb", ints, [helper.make_tensor_value_info("z", T.FLOAT, [1, 64, 3])],
+                              [table2, table10, onnx.numpy_helper.from_array(np.array([2], np.int64), "last")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert index_bounds(m.graph, ["tt", "ids", "n"]) == {"tt": 2, "ids": 10}
+    feeds = make_inputs(m)
+    assert sorted(np.unique(feeds["tt"]).tolist()) == [0, 1]
+    assert sorted(np.unique(feeds["ids"]).tolist()) == [0, 1, 2, 3] == sorted(np.unique(feeds["n"]).tolist())
+    assert verify(m, m).passed

@@ -10,7 +10,8 @@ Input generation (:func:`make_inputs`)
   axis -> 32.
 * Float inputs (float/double/float16/bfloat16/float8) are standard-normal
   samples from ``numpy.random.default_rng(seed)`` cast to the dtype
-  (bfloat16/float8 via ``ml_dtypes``); integer inputs are uniform in [0, 4);
+  (bfloat16/float8 via ``ml_dtypes``); integer inputs are uniform in [0, 4), or below the size of
+  the table they index (``index_bounds``: a Gather of a 2-row embedding);
   bool inputs are uniform random.  Inputs are drawn in graph order, so the
   result is deterministic for a given model, shapes and seed.
 """
@@ -26,6 +27,7 @@ from onnx import TensorProto, helper
 
 from ..graph.dtypes import FLOAT_TYPES, INT_TYPES
 from ..graph.io import first_line
+from ..graph.walk import all_nodes
 
 ModelLike = Union[onnx.ModelProto, str, "os.PathLike[str]"]
 
@@ -251,6 +253,44 @@ def _np_dtype(elem_type: int) -> np.dtype:
         ) from e
 
 
+#: integer inputs are drawn in ``[0, INT_HIGH)``, or below the size of the table they index
+INT_HIGH = 4
+#: ops an index passes through unchanged on its way to a Gather
+_INDEX_KEEPING = {"Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Expand"}
+
+
+def index_bounds(graph: onnx.GraphProto, names: Sequence[str]) -> dict[str, int]:
+    """For integer inputs that index a Gather / GatherElements table of static size (directly or through
+    ops that keep the values), the smallest such size: ``token_type_ids`` into a 2-row embedding must
+    stay below 2. Tables are initializers or Constant nodes (read by their dims, never loaded)."""
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in all_nodes(graph):
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    dims[node.output[0]] = list(a.t.dims)
+    bounds = {}
+    for name in names:
+        todo, seen = [name], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for node in readers.get(t, []):
+                if node.op_type in _INDEX_KEEPING and node.input and node.input[0] == t:
+                    todo.extend(node.output)
+                elif node.op_type in ("Gather", "GatherElements") and len(node.input) > 1 and node.input[1] == t:
+                    table = dims.get(node.input[0])
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    if table and -len(table) <= axis < len(table) and table[axis] > 0:
+                        bounds[name] = min(bounds.get(name, table[axis]), table[axis])
+    return bounds
+
+
 def make_inputs(
     model: ModelLike,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -269,6 +309,7 @@ def make_inputs(
         if vi.type.WhichOneof("value") != "tensor_type":
             raise ValueError(f"input {vi.name!r} is not a tensor; only tensor inputs are supported")
     shapes = _resolve_shapes(inputs, input_shapes or {})
+    bounds = index_bounds(m.graph, [vi.name for vi in inputs if vi.type.tensor_type.elem_type in INT_TYPES])
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for vi in inputs:
@@ -278,7 +319,8 @@ def make_inputs(
             dtype = _np_dtype(et)
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
         elif et in INT_TYPES:
-            feeds[vi.name] = rng.integers(0, 4, size=shape).astype(_np_dtype(et))
+            high = min(INT_HIGH, bounds.get(vi.name, INT_HIGH))
+            feeds[vi.name] = rng.integers(0, high, size=shape).astype(_np_dtype(et))
         elif et == TensorProto.BOOL:
             feeds[vi.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
         else:
