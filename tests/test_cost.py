@@ -119,3 +119,30 @@ def test_poly_orders_sizes_by_their_value_for_large_inputs():
     assert n.poly() * n.poly() * 4 > (padded.poly() * padded.poly()) * 3  # but degree 2 dominates
     assert Poly([5, 0]) == 5 and Poly([0, 1]) > 10 ** 9 and Cost(Poly([0, 3]), 1, 1) > Cost(7, 0, 0)
     assert float(Poly([1, 2])) == 1 + 2 * PIN_OTHER
+
+
+def test_graph_stats_counts_the_parameters_of_every_graph():
+    """An If whose branches store their own weights (an export moves an initializer only a body reads into
+    that body): the parameters are the model's; nodes and MACs are the main graph's."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxrep.graph.stats import estimated_size, graph_stats
+
+    def branch(name, n):
+        w = numpy_helper.from_array(np.ones((n,), np.float32), f"{name}_w")
+        const = helper.make_node("Constant", [], [f"{name}_c"], value=numpy_helper.from_array(np.ones(3, np.float32)))
+        return helper.make_graph([const, helper.make_node("Mul", ["x", f"{name}_w"], [f"{name}_y"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [n])], [w])
+
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=branch("a", 5),
+                                                else_branch=branch("b", 5))], "g",
+                              [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])],
+                              [numpy_helper.from_array(np.zeros(7, np.float32), "unused")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    stats = graph_stats(model)
+    assert (stats.nodes, stats.params, stats.macs) == (1, 7 + 2 * (5 + 3), 0)
+    assert estimated_size(model) == 4 * (7 + 2 * (5 + 3))

@@ -10,20 +10,26 @@ import onnx
 from ..cost import PIN_BATCH, PIN_OTHER, op_macs
 from ..report import GraphStats
 from .shapes import inferred_shapes
+from .walk import all_graphs
 
 
 def _numel(t: onnx.TensorProto) -> int:
     return int(np.prod(t.dims)) if len(t.dims) else 1
 
 
+def _stored(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """The tensors a graph stores: its initializers and its Constant nodes' values (not its bodies')."""
+    return list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                                      if a.name == "value" and a.HasField("t")]
+
+
 def graph_stats(model: onnx.ModelProto) -> GraphStats:
-    """Top-level node count, Conv count, parameter count (initializers + Constant tensors), op histogram, MACs."""
+    """The main graph's node count, Conv count, op histogram and MACs; the parameters (initializers and
+    Constant tensors) of every graph: a subgraph's weights are the model's too, and an export may move an
+    initializer that only a body reads into that body."""
     g = model.graph
     ops = Counter(n.op_type for n in g.node)
-    params = sum(_numel(t) for t in g.initializer)
-    for n in g.node:
-        if n.op_type == "Constant":
-            params += sum(_numel(a.t) for a in n.attribute if a.name == "value")
+    params = sum(_numel(t) for graph in all_graphs(g) for t in _stored(graph))
     macs = model_macs(model)
     return GraphStats(len(g.node), ops.get("Conv", 0), params, dict(sorted(ops.items(), key=lambda kv: -kv[1])),
                       macs.macs, macs.unknown)
@@ -37,14 +43,10 @@ def estimated_size(model: onnx.ModelProto) -> int:
     small next to the weights; callers keep a margin below the 2 GB limit for it.
     """
     total = 0
-    for t in model.graph.initializer:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 1
-        total += _numel(t) * itemsize
-    for n in model.graph.node:
-        for a in n.attribute:
-            if a.name == "value" and a.HasField("t"):
-                dt = a.t.data_type
-                total += _numel(a.t) * (onnx.helper.tensor_dtype_to_np_dtype(dt).itemsize if dt else 1)
+    for graph in all_graphs(model.graph):
+        for t in _stored(graph):
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 1
+            total += _numel(t) * itemsize
     return total
 
 

@@ -25,6 +25,14 @@ def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
             yield from all_nodes(body)
 
 
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph in it, nested ones included."""
+    yield graph
+    for node in graph.node:
+        for body in bodies(node):
+            yield from all_graphs(body)
+
+
 def inner_nodes(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     """The node and every node of its subgraphs."""
     return [node] + [n for body in bodies(node) for n in all_nodes(body)]
