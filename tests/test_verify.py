@@ -644,3 +644,14 @@ def test_format_result_partial_and_noise():
     d = res.to_dict()
     assert d["partial"] is True and d["unverifiable"] == {"num_dets": "computed from an op onnxruntime cannot run"}
     assert d["outputs"][0]["what"] == "input of EfficientNMS_TRT 'nms'" and d["tolerance"] == "by precision"
+
+
+def test_a_scalar_input_is_fed_as_a_scalar():
+    """A 0-d input reaches onnxruntime 0-d (np.ascontiguousarray would make it shape (1,), which onnxruntime
+    accepts with a warning and then computes (1,)-shaped outputs the model does not declare)."""
+    g = helper.make_graph([helper.make_node("Add", ["s", "s"], ["y"])], "g",
+                          [helper.make_tensor_value_info("s", T.INT64, [])],
+                          [helper.make_tensor_value_info("y", T.INT64, [])])
+    m = helper.make_model(g, opset_imports=OPSET)
+    out = run(m, {"s": np.array(3, np.int64)})["y"]
+    assert out.shape == () and int(out) == 6

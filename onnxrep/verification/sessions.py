@@ -38,7 +38,7 @@ def _has_external_refs(model: onnx.ModelProto) -> bool:
 
 
 def _to_ortvalue(arr: Any) -> ort.OrtValue:
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr, order="C")  # not np.ascontiguousarray: it makes a 0-d (scalar) input 1-d
     if arr.dtype.kind == "V":  # ml_dtypes (bfloat16, float8...): ORT needs the ONNX type
         onnx_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
         raw = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
