@@ -18,9 +18,25 @@ def _numel(t: onnx.TensorProto) -> int:
 
 
 def _stored(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
-    """The tensors a graph stores: its initializers and its Constant nodes' values (not its bodies')."""
-    return list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
-                                      if a.name == "value" and a.HasField("t")]
+    """The tensors a graph stores: its initializers and its Constant nodes' values (not its bodies'), a
+    ``value_float(s)`` / ``value_int(s)`` as the tensor it makes (an initializer holds it as well)."""
+    stored = list(graph.initializer)
+    for n in graph.node:
+        if n.op_type != "Constant":
+            continue
+        for a in n.attribute:
+            if a.name == "value" and a.HasField("t"):
+                stored.append(a.t)
+            elif a.name in _LISTED:
+                elem, values = _LISTED[a.name], onnx.helper.get_attribute_value(a)
+                dims = [len(values)] if isinstance(values, list) else []
+                stored.append(onnx.helper.make_tensor(a.name, elem, dims, values if dims else [values]))
+    return stored
+
+
+#: a Constant's values written as attributes of their own, and their element type
+_LISTED = {"value_float": onnx.TensorProto.FLOAT, "value_floats": onnx.TensorProto.FLOAT,
+           "value_int": onnx.TensorProto.INT64, "value_ints": onnx.TensorProto.INT64}
 
 
 def graph_stats(model: onnx.ModelProto) -> GraphStats:

@@ -28,13 +28,17 @@ def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
 
 def deep_counts(graph: onnx.GraphProto) -> tuple[int, int]:
     """``(nodes, parameters)`` of ``graph`` and every subgraph in it: parameters are the elements of
-    initializers, sparse initializers and Constant values (the report's convention, all graphs)."""
+    initializers, sparse initializers and Constant values, ``value_float(s)`` / ``value_int(s)`` included (the
+    report's convention, all graphs)."""
     nodes = len(graph.node)
     params = sum(_numel(t) for t in graph.initializer)
     params += sum(_numel(s.values) for s in graph.sparse_initializer)
     for n in graph.node:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
             params += sum(_numel(a.t) for a in n.attribute if a.type == AttributeProto.TENSOR)
+            params += sum(1 for a in n.attribute if a.type in (AttributeProto.FLOAT, AttributeProto.INT))
+            params += sum(len(a.floats) + len(a.ints) for a in n.attribute
+                          if a.type in (AttributeProto.FLOATS, AttributeProto.INTS))
         for g in subgraphs(n):
             sub_nodes, sub_params = deep_counts(g)
             nodes += sub_nodes
