@@ -6,6 +6,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import gs_shim
+from .opsets import needed_opset_imports
 from .shapes import consistent_declarations, inferred_shapes
 
 
@@ -81,13 +82,16 @@ def export(graph: gs.Graph, original: onnx.ModelProto, overridable: set[str],
             del values
     out.ir_version = original.ir_version
     del out.opset_import[:]
-    out.opset_import.extend(original.opset_import)
+    if len(original.functions) and not len(out.functions):
+        out.functions.extend(original.functions)
+    imports, dropped = needed_opset_imports(original.opset_import, out)  # domains no node uses any more go
+    out.opset_import.extend(imports)
+    if dropped and notes is not None:
+        notes.append(f"opset import(s) no node uses dropped: {', '.join(dropped)}")
     for attr in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(out, attr, getattr(original, attr))
     del out.metadata_props[:]
     out.metadata_props.extend(original.metadata_props)
-    if len(original.functions) and not len(out.functions):
-        out.functions.extend(original.functions)
     # gs turns initializers that are graph inputs into plain constants: list them again, in order.
     present = {t.name for t in out.graph.initializer}
     for t in original.graph.initializer:  # gs drops unused ones; the caller may still feed them
