@@ -38,7 +38,8 @@ class MergeTransposes(Pass):
         own = own_nodes(ctx)
         for second in ctx.nodes("Transpose"):
             first = ctx.producer(second.inputs[0]) if second.inputs else None
-            if first is None or first.op != "Transpose" or not is_onnx_op(first) or not first.inputs:
+            if first is None or first.op != "Transpose" or not is_onnx_op(first) or not first.inputs \
+                    or id(first) not in own:  # a first node of the outer graph is that graph's to remove
                 continue
             x, y = first.inputs[0], second.outputs[0]
             dims = dims_of(x)

@@ -104,8 +104,8 @@ class RemoveInversePairs(Pass):
                 continue
             first = ctx.producer(second.inputs[0])
             check = PAIRS.get((first.op, second.op)) if first is not None and is_onnx_op(first) else None
-            if check is None or not first.inputs or ctx.is_absent(first.inputs[0]):
-                continue
+            if check is None or id(first) not in own or not first.inputs or ctx.is_absent(first.inputs[0]):
+                continue  # (a first node of the outer graph is that graph's to remove)
             verdict = check(ctx, first, second)
             if isinstance(verdict, str):
                 ctx.decline(second, verdict)

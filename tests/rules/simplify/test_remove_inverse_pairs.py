@@ -178,3 +178,23 @@ def test_squeeze_unsqueeze_pairs(case, expect, opset):
         assert len(out.graph.node) == 3 and record.rewrites == 0
         assert [d.reason for d in record.declines] == ([expect] if expect else [])
     assert_verifies(m, out, input_shapes={X: (2, 1, 4)} if case == "squeeze-all-dynamic" else None)
+
+
+def test_a_pair_across_scopes_stays():
+    """x (float16) -> Cast(float) in the main graph, Cast(float16) of it inside an If branch: the first node is the
+    main graph's (a body's rewrite does not remove it), so nothing changes."""
+    def branch(name):
+        return helper.make_graph([helper.make_node("Cast", ["m"], [f"{name}_h"], to=T.FLOAT16, name=f"{name}_cast"),
+                                  helper.make_node("Neg", [f"{name}_h"], [f"{name}_y"], name=f"{name}_neg")], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", T.FLOAT16, [2, 3])])
+    nodes = [helper.make_node("Cast", ["x"], ["m"], to=T.FLOAT, name="first"),
+             helper.make_node("ReduceSum", ["m"], ["s"], keepdims=0, name="sum"),
+             helper.make_node("Greater", ["s", "zero"], ["c"], name="gt"),
+             helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch("a"), else_branch=branch("b"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT16, [2, 3])],
+                              [helper.make_tensor_value_info("y", T.FLOAT16, [2, 3])],
+                              [onnx.numpy_helper.from_array(np.float32(0), "zero")])
+    m = make_model(graph, [helper.make_opsetid("", 17)])
+    out, rep = only(m)
+    assert rule(rep, PAIRS).rewrites == 0 and out.graph.node[0].op_type == "Cast"
+    assert_verifies(m, out)
