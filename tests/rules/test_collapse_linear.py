@@ -799,7 +799,7 @@ def test_tensor_read_inside_a_subgraph_is_not_private():
     c = g.conv(X, 3, 3, 3, pads=1, output="c")
     y = g.bn(c, 3, output="y")
     z = _if_node(g, [helper.make_node("Identity", ["c"], ["t_out"])], "t_out", [1, 3, 6, 6])
-    m = g.model({X: (1, 3, 6, 6)}, [y, z])
+    m = g.model({X: (1, 3, 6, 6)}, [y, z], graph_inputs_from_inits=["cond"])  # a condition the caller may feed
     out, rep = run_opt(m)
     assert node_ops(out) == ["Conv", "BatchNormalization", "If"]
     assert rewrites(rep) == {}
@@ -814,7 +814,7 @@ def test_new_initializer_names_do_not_collide_with_subgraph_tensors():
             helper.make_node("Identity", [f"{bn}_weight"], [f"{bn}_bias"]),
             helper.make_node("Identity", [f"{bn}_bias"], ["t_out"])]
     z = _if_node(g, body, "t_out", [1, 3, 6, 6])
-    m = g.model({X: (1, 3, 6, 6)}, [y, z])
+    m = g.model({X: (1, 3, 6, 6)}, [y, z], graph_inputs_from_inits=["cond"])  # a condition the caller may feed
     out, rep = run_opt(m)                                     # checker: SSA violation
     assert sorted(node_ops(out)) == ["Conv", "If"]
     assert_verifies(m, out)
@@ -1212,7 +1212,7 @@ def test_if_bodies_are_optimized(cond):
     then_g, else_g = _repvgg_body(g, "then", c, "t_out"), _repvgg_body(g, "else", c, "e_out")
     g.nodes.append(helper.make_node("If", [g.init(np.array(cond), "cond")], ["z"], name="if",
                                     then_branch=then_g, else_branch=else_g))
-    m = g.model({X: (1, c, 6, 6)}, ["z"])
+    m = g.model({X: (1, c, 6, 6)}, ["z"], graph_inputs_from_inits=["cond"])  # fed: not inline-constant-if's
     out, rep = run_opt(m)
     (if_node,) = out.graph.node
     for branch in ("then_branch", "else_branch"):
