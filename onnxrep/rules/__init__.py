@@ -13,13 +13,17 @@ from .fold_conv_into_fc import FoldConvIntoFC
 from .merge_reshapes import MergeReshapes
 from .prune_compactors import PruneCompactorRows
 from .sink_transposes import SinkTransposesBelowSum
+from .simplify import EliminateCommonSubexpressions
+from .simplify import FoldStaticDims, InlineConstantIf
+from .simplify import ConstantsAsInitializers, MergeTransposes, RemoveInversePairs, RemoveNoOps
 
 
 def default_rules():
     """Fresh instances of every built-in rule, in priority order."""
-    return sorted([FoldConstants(), CanonicalizeBorderFill(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormBeforeGemm(),
+    return sorted([FoldConstants(), FoldStaticDims(), InlineConstantIf(), CanonicalizeBorderFill(), CollapseLinearRegions(), FoldBatchNormIntoGemm(), FoldBatchNormBeforeGemm(),
                    FoldBatchNormIntoConvTranspose(), EliminateDeadChannels(), MoveBatchNormBeforeReshape(), FoldConvIntoFC(),
-                   MergeReshapes(), CropDeadTaps(), SinkTransposesBelowSum()],
+                   MergeReshapes(), CropDeadTaps(), SinkTransposesBelowSum(), EliminateCommonSubexpressions(),
+                   RemoveNoOps(), RemoveInversePairs(), MergeTransposes(), ConstantsAsInitializers()],
                   key=lambda r: r.priority)
 
 
@@ -29,5 +33,5 @@ def opt_in_rules():
     return [(PruneCompactorRows(0.0), "--prune-threshold T"), (EqualizeCrossLayer(), "--equalize")]
 
 
-__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "EliminateDeadChannels", "EqualizeCrossLayer", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "PruneCompactorRows", "SinkTransposesBelowSum", "default_rules",
+__all__ = ["CanonicalizeBorderFill", "FoldConvIntoFC", "MergeReshapes", "MoveBatchNormBeforeReshape", "CollapseLinearRegions", "CropDeadTaps", "ConstantsAsInitializers", "MergeTransposes", "RemoveInversePairs", "RemoveNoOps", "EliminateCommonSubexpressions", "EliminateDeadChannels", "EqualizeCrossLayer", "FoldBatchNormBeforeGemm", "FoldBatchNormIntoConvTranspose", "FoldBatchNormIntoGemm", "FoldConstants", "FoldStaticDims", "InlineConstantIf", "PruneCompactorRows", "SinkTransposesBelowSum", "default_rules",
            "opt_in_rules"]
