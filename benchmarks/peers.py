@@ -165,6 +165,30 @@ def nodes_cell(r: dict) -> str:
     return f"{r['nodes']:,}" + (f" ({constants:,} Constant)" if constants else "")
 
 
+def notes(results: list[dict], tools) -> list[str]:
+    """What the tables do not say: failures, weak checks, fewer parameters in more bytes, and onnxsim's defaults."""
+    out = []
+    for r in results:
+        e = r["entry"].id
+        for t in tools:
+            x = r["tools"][t]
+            if "error" in x:
+                out.append(f"{t} fails on {e}: `{x['error']}`.")
+            elif x["bytes"] > r["input_bytes"]:
+                out.append(f"{t} on {e}: {x['params']:,} parameters against {r['input'][1]:,}, but "
+                           f"{x['bytes'] / 1e6:.2f} MB against {r['input_bytes'] / 1e6:.2f} MB: fewer parameters in more "
+                           "bytes (a folded constant stored in a wider type than what it was computed from, such as "
+                           "an int8 weight and its scale folded into float32).")
+        weak = sorted({t for t in tools if "weak" in r["tools"][t].get("verified", "")})
+        if weak:
+            out.append(f"{e}: weak check for {', '.join(weak)} (an output's reference on the verification inputs is "
+                       "smaller than the error allowed: zeros would pass too).")
+    if "onnxsim" in tools:
+        out.append("onnxsim's defaults keep Constant nodes (counted above) and leave If / Loop bodies as they are "
+                   "(`include_subgraph=False`).")
+    return out
+
+
 def params_cell(params: int, nbytes: int) -> str:
     return f"{params:,} ({nbytes / 1e6:.2f} MB)"
 
@@ -261,10 +285,13 @@ def main(argv=None) -> int:
         removed, added = difference(rep["ops"], g["ops"])
         gap_rows.append([r["entry"].id, f"{rep['nodes']:,}", f"{g['nodes']:,}", removed, added,
                          f"{rep['params']:,} -> {g['params']:,}", g["verified"]])
+    extra = notes(results, tools)
     for title, h, rows in (("nodes (all graphs)", header, nodes_rows), ("parameters (all graphs)", header, param_rows),
                            ("verified (max rel err), seconds", ["model", *tools], check_rows),
                            (f"gap: {gap_tool} on onnxrep's output", gap_header, gap_rows)):
         print(f"\n{title}\n" + text_table(h, rows))
+    for n in extra:
+        print("-", n)
     if args.no_write:
         return 0
 
@@ -283,6 +310,8 @@ def main(argv=None) -> int:
         "### Nodes\n\n" + md_table(header, nodes_rows) + "\n\n"
         "### Parameters\n\n" + md_table(header, param_rows) + "\n\n"
         "### Verified, and seconds\n\n" + md_table(["model", *tools], check_rows) + "\n")
+    if extra:
+        body += "\n" + "\n".join(f"- {n}" for n in extra) + "\n"
     if gap_rows:
         body += (f"\n### What {gap_tool} still removes after onnxrep\n\n`{CALLS[gap_tool]}` on onnxrep's output: the op "
                  f"histogram (all graphs) of the nodes it removes and of those it adds, and its result verified "
