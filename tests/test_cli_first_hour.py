@@ -111,7 +111,7 @@ def test_rules_lists_every_rule_and_marks_the_opt_in_ones(capsys):
     rows = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip() and " " in line
             and not line.startswith("Lower")}
     defaults, opt_in = default_rules(), opt_in_rules()
-    assert len(rows) == len(defaults) + len(opt_in) == 14
+    assert len(rows) == len(defaults) + len(opt_in) == 21
     for r in defaults:
         assert " default " in rows[r.rule_name]
     assert "opt-in: --prune-threshold T" in rows["prune-compactor-rows"]
