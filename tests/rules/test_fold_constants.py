@@ -157,3 +157,20 @@ def test_a_fold_may_spend_what_earlier_folds_freed():
     assert rule(rep, FOLD).rewrites == 3 and rule(rep, FOLD).declines == []
     assert _all_graph_params(out) == 1 + 16 + 16 < _all_graph_params(m) == 100 + 32 + 4
     assert_verifies(m, out)
+
+
+def test_a_fold_never_stores_more_bytes():
+    """Cast(W_int8) * scale (weight-only int8, dequantized in the graph) folds to as many elements in float32:
+    four times the bytes, so the fold is declined and the weights stay int8 (minilm-l6-int8: 22.9 MB, not
+    55.2 MB)."""
+    g = GraphBuilder(163)
+    w8 = g.init(np.random.default_rng(6).integers(-127, 128, size=(8, 4)).astype(np.int8), "w8")
+    w = g.node("Mul", [g.node("Cast", [w8], "wf", to=TensorProto.FLOAT), g.init(np.float32(0.02), "scale")], "w")
+    y = g.node("MatMul", [X, w], "y")
+    m = g.model({X: (3, 8)}, [y])
+    out, rep = run_opt(m)
+    assert node_ops(out) == ["Cast", "Mul", "MatMul"]
+    reasons = [d.reason for d in rule(rep, FOLD).declines]
+    assert reasons and reasons[0].startswith("would add 96 bytes"), reasons  # 32 x 4 bytes - 32 x 1
+    assert {i.name: i.data_type for i in out.graph.initializer}["w8"] == TensorProto.INT8
+    assert_verifies(m, out)
