@@ -174,11 +174,14 @@ def notes(results: list[dict], tools) -> list[str]:
             x = r["tools"][t]
             if "error" in x:
                 out.append(f"{t} fails on {e}: `{x['error']}`.")
+            elif x["params"] > r["input"][1]:
+                out.append(f"{t} on {e}: more parameters than the input, {x['params']:,} against {r['input'][1]:,} "
+                           f"({x['bytes']:,} bytes against {r['input_bytes']:,}).")
             elif x["bytes"] > r["input_bytes"]:
-                out.append(f"{t} on {e}: {x['params']:,} parameters against {r['input'][1]:,}, but "
-                           f"{x['bytes'] / 1e6:.2f} MB against {r['input_bytes'] / 1e6:.2f} MB: fewer parameters in more "
-                           "bytes (a folded constant stored in a wider type than what it was computed from, such as "
-                           "an int8 weight and its scale folded into float32).")
+                out.append(f"{t} on {e}: fewer parameters in more bytes, {x['params']:,} against {r['input'][1]:,} "
+                           f"but {x['bytes']:,} bytes against {r['input_bytes']:,} (a folded constant stored in a wider "
+                           "type than what it was computed from, such as an int8 weight and its scale folded into "
+                           "float32).")
         weak = sorted({t for t in tools if "weak" in r["tools"][t].get("verified", "")})
         if weak:
             out.append(f"{e}: weak check for {', '.join(weak)} (an output's reference on the verification inputs is "
