@@ -20,7 +20,8 @@ add (and tried again next sweep, when other folds may have freed more). So ``Sli
 weights that both branches of an If read is left as it is: folding it in each branch would store
 the weights twice (silero-vad: +264,022 parameters, +48%). The same holds for bytes: ``Cast(W_int8)
 * scale`` is as many float32 elements as int8 ones, four times the bytes (a weight-only int8 model,
-minilm-l6-int8, went from 22.9 MB to 55.2 MB), so it stays.
+minilm-l6-int8, went from 22.9 MB to 55.2 MB), so it stays
+(the budget: ``rules/ops/budget.py``, shared with ``fold-static-dims``).
 """
 from __future__ import annotations
 
@@ -31,13 +32,10 @@ from ..graph import GraphContext, is_onnx_op
 from ..graph.io import first_line
 from ..graph.evaluate import CONTROL_FLOW, RANDOM_OPS, evaluate
 from ..rule import Pass
+from .ops.budget import charge
 
 MAX_ELEMENTS = 1 << 20
 NEVER = RANDOM_OPS | CONTROL_FLOW | {"Constant", "Identity", "Dropout"}
-#: the run-wide balance of parameters added minus parameters freed by folds (``record.memory``)
-_BALANCE = "parameters added by folds"
-#: the same in bytes: a fold may not store more bytes either (a wider type for as many elements)
-_BALANCE_BYTES = "bytes added by folds"
 
 
 class FoldConstants(Pass):
@@ -87,39 +85,8 @@ class FoldConstants(Pass):
             self._replace(ctx, node, results)
 
     def _replace(self, ctx: GraphContext, node: gs.Node, results: list[np.ndarray]) -> None:
-        freed_elements, freed_bytes = _freed(ctx, node)
-        added = sum(int(np.asarray(r).size) for r in results) - freed_elements
-        added_bytes = sum(int(np.asarray(r).nbytes) for r in results) - freed_bytes
-        balance = ctx.record.memory.get(_BALANCE, 0)
-        balance_bytes = ctx.record.memory.get(_BALANCE_BYTES, 0)
-        if balance + added > 0:
-            ctx.decline(node, f"would add {added:,} parameters: the constants it reads are read elsewhere too "
-                              f"(folds so far freed {-balance:,} more than they added)")
+        if not charge(ctx, node, results, [node]):
             return
-        if balance_bytes + added_bytes > 0:
-            ctx.decline(node, f"would add {added_bytes:,} bytes: its result is stored in a wider type than the "
-                              f"constants it reads (int8 weights dequantized to float32; folds so far freed "
-                              f"{-balance_bytes:,} bytes more than they added)")
-            return
-        ctx.record.memory[_BALANCE] = balance + added
-        ctx.record.memory[_BALANCE_BYTES] = balance_bytes + added_bytes
         for t, r in zip(node.outputs, results):
             ctx.substitute(t, ctx.make_constant(t.name + "_folded", r))
         ctx.replace([node], [])  # nothing reads it now; Constant nodes read only here go too
-
-
-def _freed(ctx: GraphContext, node: gs.Node) -> tuple[int, int]:
-    """Elements and bytes of the stored constants (initializers, Constant nodes) that only ``node`` reads:
-    they go with it."""
-    freed = freed_bytes = 0
-    seen = set()
-    for t in node.inputs:
-        if ctx.is_absent(t) or id(t) in seen:
-            continue
-        seen.add(id(t))
-        info = ctx.stored_constant_info(t)
-        if info is not None and not ctx.is_graph_output(t) and all(c is node for c in t.outputs):
-            n = int(np.prod(info[0]))
-            freed += n
-            freed_bytes += n * np.dtype(info[1]).itemsize
-    return freed, freed_bytes

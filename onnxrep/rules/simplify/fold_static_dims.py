@@ -24,8 +24,9 @@ batch) is never read, and the nodes that use it stay. Inference runs again each 
 folds left (a folded ``x.chunk`` Slice lets it see the sizes behind it).
 
 **Parameters.** A fold adds the values it leaves for nodes outside it and frees the stored constants
-only its nodes read; over the run its additions may not exceed what its folds freed (the budget of
-``fold-constants``, kept apart for this rule's folds), else it is declined with what it would add. The
+only its nodes read; over the run its additions, in elements and in bytes, may not exceed what its folds
+freed (``rules/ops/budget.py``, the budget of ``fold-constants``, a balance of this rule's own), else it
+is declined with what it would add. The
 downstream nodes are part of the fold for that reason: ``Gather(Shape(x), 1)`` of ``x.chunk(2, 1)``
 shares its index with the Slices' axes, and on its own would add one element; with the ``Add`` /
 ``Div`` / ``Mul`` after it, it frees more than it adds. ``Expand(a, Shape(b))`` alone would add the rank
@@ -42,11 +43,10 @@ from ...graph.evaluate import evaluate
 from ...graph.static_shapes import Inferred, static_dims
 from ...rule import Pass
 from ..fold_constants import MAX_ELEMENTS, NEVER
+from ..ops.budget import charge
 
 #: nodes in one fold at most (a seed and what it alone makes computable downstream)
 MAX_FOLD_NODES = 64
-#: the run-wide balance of parameters added minus freed by this rule's folds (``record.memory``)
-_BALANCE = "parameters added by folds"
 _INFERRED = "inferred dims"
 
 
@@ -116,13 +116,8 @@ class FoldStaticDims(Pass):
         members = {id(n) for n in group}
         frontier = [t for n in group for t in n.outputs
                     if any(id(c) not in members for c in t.outputs)]
-        added = sum(int(values[id(t)].size) for t in frontier) - _freed(ctx, group, members)
-        balance = ctx.record.memory.get(_BALANCE, 0)
-        if balance + added > 0:
-            ctx.decline(seed, f"would add {added:,} parameters: the constants it reads are read elsewhere too "
-                              f"(folds so far freed {-balance:,} more than they added)")
+        if not charge(ctx, seed, [values[id(t)] for t in frontier], group):
             return
-        ctx.record.memory[_BALANCE] = balance + added
         for t in frontier:
             if not ctx.substitute(t, ctx.make_constant(t.name + "_folded", values[id(t)])):
                 return
@@ -227,17 +222,3 @@ def _evaluate(ctx: GraphContext, node: gs.Node, inputs: list) -> list[np.ndarray
     if sum(r.size for r in results) > sum(int(v.size) for v in inputs if v is not None):
         return None
     return results
-
-
-def _freed(ctx: GraphContext, group: list[gs.Node], members: set[int]) -> int:
-    """Elements of the stored constants that only the fold's nodes read: they go with it."""
-    freed, seen = 0, set()
-    for node in group:
-        for t in node.inputs:
-            if ctx.is_absent(t) or id(t) in seen:
-                continue
-            seen.add(id(t))
-            info = ctx.stored_constant_info(t)
-            if info is not None and not ctx.is_graph_output(t) and all(id(c) in members for c in t.outputs):
-                freed += int(np.prod(info[0]))
-    return freed
