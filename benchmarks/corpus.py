@@ -113,12 +113,10 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", metavar="ID", help="these corpus models only")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md as it is")
     args = p.parse_args(argv)
-    corpus = fetch.entries()
-    if args.only:
-        unknown = sorted(set(args.only) - {e.id for e in corpus})
-        if unknown:
-            p.error(f"unknown model id(s): {', '.join(unknown)}")
-        corpus = [e for e in corpus if e.id in args.only]
+    try:
+        corpus = fetch.select(args.only)
+    except ValueError as exc:
+        p.error(str(exc))
 
     ort.set_default_logger_severity(4)  # the reference failures are reported once, as onnxrep's error line
     summary = fetch.fetch(corpus)

@@ -223,12 +223,10 @@ def main(argv=None) -> int:
     from tests.corpus.measure import deep_counts
 
     ort.set_default_logger_severity(4)
-    corpus = fetch.entries()
-    if args.only:
-        unknown = sorted(set(args.only) - {e.id for e in corpus})
-        if unknown:
-            p.error(f"unknown model id(s): {', '.join(unknown)}")
-        corpus = [e for e in corpus if e.id in args.only]
+    try:
+        corpus = fetch.select(args.only)
+    except ValueError as exc:
+        p.error(str(exc))
     summary = fetch.fetch(corpus)
     for line in summary.failures:
         print(line, file=sys.stderr)

@@ -85,6 +85,17 @@ class Summary:
     seconds: float = 0.0
 
 
+def select(only: list[str] | None, path: Path = LIST) -> list[Entry]:
+    """The corpus list, or only the entries named in ``only``; ValueError naming ids it does not hold."""
+    corpus = entries(path)
+    if not only:
+        return corpus
+    unknown = sorted(set(only) - {e.id for e in corpus})
+    if unknown:
+        raise ValueError(f"unknown model id(s): {', '.join(unknown)}")
+    return [e for e in corpus if e.id in only]
+
+
 def entries(path: Path = LIST) -> list[Entry]:
     """The corpus list, in file order."""
     try:
@@ -275,12 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="ID", help="fetch only these model ids")
     p.add_argument("--list", action="store_true", help="list the corpus and what is cached; download nothing")
     args = p.parse_args(argv)
-    corpus = entries()
-    if args.only:
-        unknown = sorted(set(args.only) - {e.id for e in corpus})
-        if unknown:
-            p.error(f"unknown model id(s) {', '.join(unknown)}; known: {', '.join(e.id for e in corpus)}")
-        corpus = [e for e in corpus if e.id in args.only]
+    try:
+        corpus = select(args.only)
+    except ValueError as exc:
+        p.error(f"{exc}; known: {', '.join(e.id for e in entries())}")
     root = cache_dir(args.cache)
     if args.list:
         for e in corpus:

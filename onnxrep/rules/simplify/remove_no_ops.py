@@ -72,17 +72,26 @@ def _cast(ctx, node) -> bool | str:
     return have == want
 
 
-def _reshape(ctx, node) -> bool | str:
+def _target_shape(ctx, node) -> tuple[list[int], list] | bool | str:
+    """A Reshape's / Expand's constant target and its input's dims; else the verdict already known: True
+    (the target is ``Shape(x)``), False (a computed target: nothing proven) or why the dims are unknown."""
     x, s = node.inputs[0], node.inputs[1]
     if _is_shape_of(ctx, s, x):
         return True
     target = ctx.constant(s)
     if target is None:
         return False
-    target = [int(v) for v in np.asarray(target).reshape(-1)]
     dims = dims_of(x)
     if dims is None:
         return "not proven a no-op: the input's shape is unknown"
+    return [int(v) for v in np.asarray(target).reshape(-1)], dims
+
+
+def _reshape(ctx, node) -> bool | str:
+    found = _target_shape(ctx, node)
+    if not isinstance(found, tuple):
+        return found
+    target, dims = found
     if len(dims) != len(target):
         return False
     allowzero = attr_value(node, "allowzero", ctx.opset) or 0
@@ -100,16 +109,10 @@ def _reshape(ctx, node) -> bool | str:
 
 
 def _expand(ctx, node) -> bool | str:
-    x, s = node.inputs[0], node.inputs[1]
-    if _is_shape_of(ctx, s, x):
-        return True
-    target = ctx.constant(s)
-    if target is None:
-        return False
-    target = [int(v) for v in np.asarray(target).reshape(-1)]
-    dims = dims_of(x)
-    if dims is None:
-        return "not proven a no-op: the input's shape is unknown"
+    found = _target_shape(ctx, node)
+    if not isinstance(found, tuple):
+        return found
+    target, dims = found
     if len(target) > len(dims):
         return False  # adds leading dims
     for d, t in zip(dims[len(dims) - len(target):], target):
